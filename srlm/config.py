@@ -1,0 +1,238 @@
+"""Typed view of params.yaml, in TRL's style: one dataclass per section.
+
+Every stage loads the whole file through `load_params`, so a typo or a bad value is
+reported before any work starts, with the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    base: str = "smollm2-135m-instruct"  # builtin name, hub id or local directory
+    revision: str = ""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SeedDataConfig:
+    source: Literal["builtin", "oasst1", "jsonl"] = "builtin"
+    ift_path: str = ""      # source=jsonl: instruction/response records
+    ranked_path: str = ""   # source=jsonl: instruction + ranked responses
+    gold_path: str = ""     # gold judgments (optional for oasst1/jsonl)
+    oasst_dataset: str = "OpenAssistant/oasst1"
+    max_ift: int = 0        # 0 = all
+    max_ranked: int = 0
+    eval_fraction: float = 0.2
+
+
+@dataclass
+class GenerationConfig:
+    backend: Literal["transformers"] = "transformers"
+    batch_size: int = 16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    learning_rate: float = 1e-4
+    batch_size: int = 4
+    grad_accum: int = 2
+    max_length: int = 768
+    warmup_ratio: float = 0.0
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SftConfig(TrainConfig):
+    max_ift_examples: int = 0   # 0 = all
+    max_eft_examples: int = 0
+
+
+@dataclass
+class EftConfig:
+    include_gold: bool = True
+    max_sets: int = 0        # ranked train sets judged by the SFT baseline (0 = all)
+    attempts: int = 2        # sampled judgments per response; a set is kept on the first agreeing attempt
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+
+
+@dataclass
+class GenPromptsConfig:
+    model: str = "m0"         # fixed prompt generator, as in the paper (a directory under models/)
+    num_prompts: int = 16     # new prompts wanted per iteration
+    shots: int = 8
+    max_attempts: int = 8     # few-shot generations per wanted prompt before giving up
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    min_words: int = 3
+    max_words: int = 60
+
+
+@dataclass
+class SampleConfig:
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 160
+
+
+@dataclass
+class JudgeConfig:
+    samples: int = 3
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+
+
+@dataclass
+class PairsConfig:
+    mode: Literal["preference", "positive"] = "preference"
+    min_valid: int = 2          # candidates with a valid score needed to form a pair
+    positive_score: float = 5.0  # mode=positive: keep responses scoring at least this
+
+
+@dataclass
+class DpoConfig(TrainConfig):
+    beta: float = 0.1
+    learning_rate: float = 5e-5
+    batch_size: int = 2
+    max_length: int = 512
+
+
+@dataclass
+class Params:
+    seed: int = 1234
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed_data: SeedDataConfig = field(default_factory=SeedDataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    eft: EftConfig = field(default_factory=EftConfig)
+    gen_prompts: GenPromptsConfig = field(default_factory=GenPromptsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    iterations: dict = field(default_factory=dict)
+
+
+_POSITIVE = {"batch_size", "grad_accum", "max_length", "n", "samples", "shots", "max_new_tokens",
+             "attempts", "max_attempts", "min_valid", "r", "alpha", "epochs", "learning_rate",
+             "num_prompts", "min_words", "max_words", "beta"}
+_PROBABILITY = {"top_p", "eval_fraction", "dropout", "warmup_ratio"}
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"params.yaml: {where} should be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"params.yaml: unknown key {path!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(typ, value, path):
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, path)
+    if get_origin(typ) is Literal:
+        if value not in get_args(typ):
+            raise ConfigError(f"params.yaml: {path} = {value!r} is not allowed; "
+                              f"choose one of {', '.join(map(repr, get_args(typ)))}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"params.yaml: {path} should be true or false, got {value!r}")
+        return value
+    if typ in (int, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if typ is int and ok and float(value) != int(value):
+            ok = False
+        if not ok:
+            raise ConfigError(f"params.yaml: {path} should be a{'n integer' if typ is int else ' number'}, "
+                              f"got {value!r}")
+        value = typ(value)
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in _POSITIVE and value <= 0:
+            raise ConfigError(f"params.yaml: {path} = {value} must be > 0")
+        if leaf in _PROBABILITY and not 0 <= value <= 1:
+            raise ConfigError(f"params.yaml: {path} = {value} must be between 0 and 1")
+        if leaf == "temperature" and value < 0:
+            raise ConfigError(f"params.yaml: {path} = {value} must be >= 0")
+        if leaf.startswith("max_") and value < 0:
+            raise ConfigError(f"params.yaml: {path} = {value} must be >= 0 (0 means no limit)")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"params.yaml: {path} should be a string, got {value!r}")
+        return value
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: {path} should be a mapping")
+        return value
+    return value
+
+
+def parse_params(data: dict) -> Params:
+    params = _build(Params, data or {}, "")
+    _check_iterations(params.iterations)
+    return params
+
+
+def _check_iterations(its: dict) -> None:
+    """iterations: {"1": {model: m1, next: m2}, ...}: DVC cannot compute t-1, so names are spelled out."""
+    expected_model = "m1"
+    for i, (key, it) in enumerate(its.items(), 1):
+        if str(key) != str(i):
+            raise ConfigError(f"params.yaml: iterations keys must be 1, 2, ... in order; got {key!r} at position {i}")
+        if not isinstance(it, dict) or set(it) != {"model", "next"}:
+            raise ConfigError(f"params.yaml: iterations.{key} must have exactly the keys model and next")
+        if it["model"] != expected_model or it["next"] != f"m{i + 1}":
+            raise ConfigError(f"params.yaml: iterations.{key} should be {{model: {expected_model}, next: m{i + 1}}}, "
+                              f"got {it}")
+        expected_model = it["next"]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the project root)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    return parse_params(data)
+
+
+def section_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,187 @@
+"""Generation backends behind one interface.
+
+Every stage that generates (gen_prompts, sample, judge, build_eft) calls
+`Generator.generate(prompts, SamplingParams)` with fully rendered prompt strings and gets,
+per prompt, `n` completions. The transformers backend here is the CPU/default path; a vLLM
+backend plugs in behind the same interface (see `make_generator`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+
+
+class Generator(ABC):
+    tokenizer: object  # renders chat templates for the prompts given to `generate`
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        """Return `params.n` completions for each prompt, in the order of `prompts`."""
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    """Render a single user turn with the model's chat template, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+class TransformersGenerator(Generator):
+    """Batched sampling with `model.generate`, organised so that no prefill is done twice.
+
+    - prompts are sorted by length and batched, so padding is small;
+    - the token prefix shared by all prompts of a call (the judge rubric, the system prompt) is
+      prefilled once and its KV cache copied into every batch;
+    - each prompt's own suffix is prefilled once, then the cache is repeated `n` times so the
+      `n` samples of a prompt share that prefill (plain `num_return_sequences` would redo it).
+    Padding sits between the shared prefix and each suffix; position ids follow the attention
+    mask, so every row sees the positions it would see alone.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        if not prompts:
+            return []
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError("cannot generate from an empty prompt")
+        # Shared prefix: keep at least one token of every prompt outside it, so each row has input.
+        plen = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
+        prefix_cache = None
+        if plen > 0:
+            prefix_cache = _new_cache(self.model)
+            self.model(input_ids=torch.tensor([ids[0][:plen]]), past_key_values=prefix_cache, use_cache=True)
+
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        # Fewer prompts per batch when each carries n samples, so that decode rows stay ~batch_size.
+        per_batch = max(1, self.batch_size // max(1, params.n))
+        results: list[list[Completion] | None] = [None] * len(ids)
+        n_batches = math.ceil(len(order) / per_batch)
+        bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
+        new_tokens = 0
+        for b in range(n_batches):
+            idx = order[b * per_batch:(b + 1) * per_batch]
+            torch.manual_seed(params.seed * 100_003 + b)  # same batches + seed -> same samples
+            outs = self._generate_batch([ids[i][plen:] for i in idx], ids[idx[0]][:plen], prefix_cache, params)
+            for i, comps in zip(idx, outs):
+                results[i] = comps
+                new_tokens += sum(c.num_tokens for c in comps)
+            bar.update(len(idx))
+            bar.set_postfix(new_tokens=new_tokens)
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, suffixes, prefix, prefix_cache, params):
+        B, n, P = len(suffixes), params.n, len(prefix)
+        L = max(len(s) for s in suffixes)
+        input_ids = torch.full((B, P + L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P + L), dtype=torch.long)
+        input_ids[:, :P] = torch.tensor(prefix, dtype=torch.long)
+        mask[:, :P] = 1
+        for r, s in enumerate(suffixes):
+            input_ids[r, P + L - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[r, P + L - len(s):] = 1
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(B)
+        else:
+            cache = _new_cache(self.model)
+        if L > 1:  # prefill everything but the last token once per prompt
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            self.model(input_ids=input_ids[:, P:-1], attention_mask=mask[:, :-1], position_ids=pos[:, P:-1],
+                       past_key_values=cache, use_cache=True)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            input_ids = input_ids.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+        sample = params.temperature > 0
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+            max_new_tokens=params.max_new_tokens, do_sample=sample,
+            temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
+            top_k=None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+        )
+        gen = out[:, P + L:]
+        comps = []
+        for row in gen.tolist():
+            stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
+            toks = row if stop is None else row[:stop]
+            comps.append(Completion(self.tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks),
+                                    "length" if stop is None else "stop"))
+        return [comps[r * n:(r + 1) * n] for r in range(B)]
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+    return DynamicCache(config=model.config)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model has no end-of-sequence token; set eos_token in its tokenizer")
+    return ids
+
+
+def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "float32",
+                   trust_remote_code: bool = False) -> Generator:
+    """The seam for other engines: `generation.backend` picks the implementation."""
+    if backend == "transformers":
+        from .modeling import load_model
+        model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        return TransformersGenerator(model, tok, batch_size=batch_size)
+    raise ValueError(f"generation.backend={backend!r} is not available; use 'transformers'")
+
+
+def sample_responses(generator: Generator, prompts: list[dict], sampling: SamplingParams) -> list[dict]:
+    """N candidate responses per prompt record ({id, prompt}); candidate ids are `<prompt id>-c<j>`."""
+    rendered = [chat_prompt(generator.tokenizer, p["prompt"]) for p in prompts]
+    outs = generator.generate(rendered, sampling, desc="sample")
+    rows = []
+    for p, comps in zip(prompts, outs):
+        for j, c in enumerate(comps):
+            rows.append({"prompt_id": p["id"], "candidate_id": f"{p['id']}-c{j}", "prompt": p["prompt"],
+                         "response": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason})
+    return rows

@@ -1,0 +1,132 @@
+"""Atomic writes and validated JSONL reading.
+
+Every stage output goes through here: written to a temporary sibling, then renamed,
+so an interrupted stage never leaves a half-written file where DVC expects an output.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the record and what is wrong."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_jsonl(path: str | os.PathLike, schema: dict[str, type | tuple] | None = None,
+               allow_empty: bool = False) -> list[dict]:
+    """Read a JSONL file; check that each record has the `schema` fields with the right types.
+
+    Errors name the file and the 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        for field, typ in (schema or {}).items():
+            if field not in rec:
+                raise DataError(f"{path}:{lineno}: missing field {field!r}")
+            if not isinstance(rec[field], typ) or isinstance(rec[field], bool) and typ is int:
+                raise DataError(f"{path}:{lineno}: field {field!r} should be {_tname(typ)}, "
+                                f"got {type(rec[field]).__name__}")
+            if isinstance(rec[field], str) and not rec[field].strip():
+                raise DataError(f"{path}:{lineno}: field {field!r} is empty")
+        rec["_line"] = lineno
+        records.append(rec)
+    if not records and not allow_empty:
+        raise DataError(f"{path}: contains no records")
+    check_unique_ids(records, path)
+    for r in records:
+        r.pop("_line")
+    return records
+
+
+def check_unique_ids(records: list[dict], path: str | os.PathLike) -> None:
+    seen: dict[str, int] = {}
+    for r in records:
+        if "id" not in r:
+            continue
+        if r["id"] in seen:
+            raise DataError(f"{path}:{r.get('_line', '?')}: duplicate id {r['id']!r} "
+                            f"(first at line {seen[r['id']]})")
+        seen[r["id"]] = r.get("_line", "?")
+
+
+def _tname(typ) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join(t.__name__ for t in typ)
+    return typ.__name__
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

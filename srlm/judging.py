@@ -1,0 +1,129 @@
+"""Reading scores out of judgments, averaging them, and checking them against human ranks."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+MAX_SCORE = 5
+# "Score: 4", "**Score:** 4", "score : 4/5", "Score: 4.5", "Score: five"
+_SCORE = re.compile(r"score\s*\**\s*:\s*\**\s*([^\s*]+)", re.IGNORECASE)
+_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+
+
+@dataclass(frozen=True)
+class ParsedScore:
+    score: int | None
+    status: str  # ok | no_score | not_a_number | non_integer | out_of_range | not_at_end | conflicting_scores
+
+
+def parse_score(judgment: str) -> ParsedScore:
+    """The judge must conclude with `Score: N`, N an integer 0..5. Anything else is not a score.
+
+    - no `Score:` at all (also a judgment cut off by the token limit): no_score
+    - `Score: five`: not_a_number; `Score: 4.5`: non_integer; `Score: 7`: out_of_range
+    - the last `Score:` followed by more text: not_at_end
+    - several `Score:` with different values: conflicting_scores (the same value repeated is fine)
+    """
+    matches = list(_SCORE.finditer(judgment))
+    if not matches:
+        return ParsedScore(None, "no_score")
+    last = matches[-1]
+    raw = last.group(1).rstrip(".,;)!")
+    raw = raw.split("/")[0]  # "4/5"
+    if raw.lower() in _WORDS:
+        return ParsedScore(None, "not_a_number")
+    try:
+        value = float(raw)
+    except ValueError:
+        return ParsedScore(None, "not_a_number")
+    if value != int(value):
+        return ParsedScore(None, "non_integer")
+    value = int(value)
+    if not 0 <= value <= MAX_SCORE:
+        return ParsedScore(None, "out_of_range")
+    tail = judgment[last.end():]
+    if re.search(r"[A-Za-z0-9]", tail):
+        return ParsedScore(None, "not_at_end")
+    others = {m.group(1).rstrip(".,;)!").split("/")[0] for m in matches[:-1]}
+    if any(o != str(value) for o in others):
+        return ParsedScore(None, "conflicting_scores")
+    return ParsedScore(value, "ok")
+
+
+def average(scores: list[int | None]) -> float | None:
+    valid = [s for s in scores if s is not None]
+    return sum(valid) / len(valid) if valid else None
+
+
+def judge_metrics(statuses: list[str], scores: list[int | None]) -> dict:
+    """Parse rate, why judgments failed, and the histogram of valid scores."""
+    n = len(statuses)
+    status_counts = Counter(statuses)
+    hist = Counter(s for s in scores if s is not None)
+    m = {"judgments": n, "parse_rate": status_counts.get("ok", 0) / n if n else 0.0}
+    for k, v in sorted(status_counts.items()):
+        m[f"status_{k}"] = v
+    for s in range(MAX_SCORE + 1):
+        m[f"score_{s}"] = hist.get(s, 0)
+    return m
+
+
+def agrees_with_ranking(scores: list[int | None], ranks: list[int]) -> bool:
+    """True when every pair with different human ranks gets strictly ordered scores the same way
+    (rank 0 is best). This is the paper's acceptance test for EFT judgments."""
+    if any(s is None for s in scores):
+        return False
+    for i in range(len(ranks)):
+        for j in range(len(ranks)):
+            if ranks[i] < ranks[j] and not scores[i] > scores[j]:
+                return False
+    return True
+
+
+def judge_responses(generator, items: list[tuple[str, str]], sampling, desc: str = "judge"):
+    """Judge (instruction, response) items with the Figure 2 prompt, `sampling.n` samples each.
+
+    Returns, per item, the judgment texts and their parsed scores (None when unparsable)."""
+    from .generation import chat_prompt
+    from .prompts import judge_prompt
+
+    tok = generator.tokenizer
+    prompts = [chat_prompt(tok, judge_prompt(ins, resp)) for ins, resp in items]
+    outs = generator.generate(prompts, sampling, desc=desc)
+    results = []
+    for comps in outs:
+        parsed = [parse_score(c.text) for c in comps]
+        results.append({"judgments": [c.text for c in comps], "scores": [p.score for p in parsed],
+                        "statuses": [p.status for p in parsed]})
+    return results
+
+
+def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict], dict]:
+    """The paper's EFT construction: the SFT baseline judges every response of a ranked set;
+    `sampling.n` attempts per response; the set's judgments are kept from the first attempt whose
+    scores order the responses as the human ranks do."""
+    items = [(s["instruction"], r["text"]) for s in ranked_sets for r in s["responses"]]
+    judged = judge_responses(generator, items, sampling, desc="build_eft")
+    examples, kept_sets, pos = [], 0, 0
+    statuses, scores = [], []
+    for s in ranked_sets:
+        rows = judged[pos:pos + len(s["responses"])]
+        pos += len(s["responses"])
+        for r in rows:
+            statuses += r["statuses"]
+            scores += r["scores"]
+        ranks = [r["rank"] for r in s["responses"]]
+        for a in range(sampling.n):
+            attempt = [r["scores"][a] for r in rows]
+            if agrees_with_ranking(attempt, ranks):
+                kept_sets += 1
+                for resp, r in zip(s["responses"], rows):
+                    examples.append({"id": f"{s['id']}-r{resp['rank']}", "instruction": s["instruction"],
+                                     "response": resp["text"], "judgment": r["judgments"][a],
+                                     "score": r["scores"][a], "source": "sft_baseline"})
+                break
+    metrics = {"ranked_sets": len(ranked_sets), "sets_agreeing": kept_sets,
+               "agreement_rate": kept_sets / len(ranked_sets) if ranked_sets else 0.0,
+               **judge_metrics(statuses, scores)}
+    return examples, metrics

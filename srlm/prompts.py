@@ -1,0 +1,137 @@
+"""Prompt texts: the paper's LLM-as-a-Judge prompt (Figure 2) and the few-shot prompt that
+makes new instructions, with the parsing and filtering of what the model writes back."""
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from pathlib import Path
+
+JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "judge_additive.txt").read_text(encoding="utf-8").strip()
+
+
+def judge_prompt(instruction: str, response: str) -> str:
+    """Figure 2 of Yuan et al. (2024), verbatim, with the instruction and response filled in."""
+    return JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip()).replace("<RESPONSE_HERE>", response.strip())
+
+
+FEWSHOT_HEADER = ("Below are some tasks that users ask an AI assistant. "
+                  "Write new tasks that are different from all of them.\n\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def fewshot_prompt(shots: list[str]) -> str:
+    """Self-Instruct style: numbered example tasks, left open at the next number."""
+    body = "".join(f"Task {i}: {_one_line(s)}\n" for i, s in enumerate(shots, 1))
+    return f"{FEWSHOT_HEADER}{body}Task {len(shots) + 1}:"
+
+
+def pick_shots(seed_prompts: list[str], k: int, rng: random.Random, max_words: int) -> list[str]:
+    pool = [p for p in seed_prompts if len(p.split()) <= max_words]
+    if len(pool) < k:
+        raise ValueError(f"only {len(pool)} seed prompts have at most {max_words} words; "
+                         f"need {k} few-shot examples (lower gen_prompts.shots or raise max_words)")
+    return rng.sample(pool, k)
+
+
+_TASK_SPLIT = re.compile(r"\n\s*Task\s*\d+\s*[:.]", re.IGNORECASE)
+
+
+def parse_generated_tasks(completion: str, finished: bool) -> tuple[list[str], int]:
+    """Split a continuation of `fewshot_prompt` into candidate tasks.
+
+    The continuation starts right after "Task N+1:". Every item closed by a newline or by the
+    end of the model's turn is a candidate; an item cut off by the token limit is dropped
+    (returned in the count of truncated items).
+    """
+    text = completion.replace("\r", "")
+    items = _TASK_SPLIT.split(text)
+    truncated = 0
+    if not finished:
+        # The last item has no closing newline: the model was cut off mid-task.
+        last = items[-1]
+        if "\n" not in last.strip("\n") and not text.endswith("\n"):
+            items = items[:-1]
+            truncated = 1
+    tasks = []
+    for it in items:
+        # A task ends at its first blank line; anything after that is not part of the list.
+        tasks.append(it.split("\n\n")[0].strip())
+    return tasks, truncated
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
+
+
+class PromptFilter:
+    """Decides whether a generated task is kept; counts why the others are dropped."""
+
+    def __init__(self, seed_prompts: list[str], min_words: int, max_words: int, leak_ratio: float = 0.8):
+        self.seeds = [normalize(s) for s in seed_prompts]
+        self.seen: set[str] = set(self.seeds)
+        self.min_words, self.max_words, self.leak_ratio = min_words, max_words, leak_ratio
+        self.counts = {"kept": 0, "empty": 0, "too_short": 0, "too_long": 0, "bad_format": 0,
+                       "duplicate_of_seed": 0, "seed_leak": 0, "duplicate": 0}
+
+    def reason(self, task: str) -> str:
+        norm = normalize(task)
+        words = len(task.split())
+        if not norm:
+            return "empty"
+        if re.search(r"task\s*\d+\s*:", task, re.IGNORECASE) or "<|" in task:
+            return "bad_format"
+        if words < self.min_words:
+            return "too_short"
+        if words > self.max_words:
+            return "too_long"
+        if norm in self.seeds:
+            return "duplicate_of_seed"
+        if norm in self.seen:
+            return "duplicate"
+        for s in self.seeds:
+            # quick length screen before the quadratic ratio
+            if abs(len(s) - len(norm)) <= len(norm) and difflib.SequenceMatcher(None, s, norm).ratio() >= self.leak_ratio:
+                return "seed_leak"
+        return "kept"
+
+    def add(self, task: str) -> bool:
+        r = self.reason(task)
+        self.counts[r] += 1
+        if r == "kept":
+            self.seen.add(normalize(task))
+            return True
+        return False
+
+
+def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots: int, max_attempts: int,
+                     min_words: int, max_words: int, sampling, seed: int) -> tuple[list[str], dict]:
+    """Few-shot prompting from seed instructions until `num_prompts` new, filtered prompts are
+    found or `num_prompts * max_attempts` generations were tried."""
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    filt = PromptFilter(seed_prompts, min_words, max_words)
+    kept: list[str] = []
+    budget = num_prompts * max_attempts
+    tried = truncated = 0
+    round_ = 0
+    while len(kept) < num_prompts and tried < budget:
+        want = min(max(num_prompts - len(kept), 4), budget - tried)
+        fewshots = [fewshot_prompt(pick_shots(seed_prompts, shots, rng, max_words)) for _ in range(want)]
+        outs = generator.generate(fewshots, replace(sampling, n=1, seed=seed * 1000 + round_),
+                                  desc=f"gen_prompts round {round_ + 1}")
+        round_ += 1
+        tried += want
+        for comps in outs:
+            tasks, cut = parse_generated_tasks(comps[0].text, comps[0].finish_reason == "stop")
+            truncated += cut
+            for t in tasks:
+                if len(kept) < num_prompts and filt.add(t):
+                    kept.append(t)
+    metrics = {"prompts_kept": len(kept), "prompts_wanted": num_prompts, "generations": tried,
+               "truncated": truncated, **{f"dropped_{k}": v for k, v in filt.counts.items() if k != "kept"}}
+    return kept, metrics

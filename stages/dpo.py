@@ -1,0 +1,27 @@
+"""dpo@t: DPO from M_t on the iteration's pairs -> M_{t+1} (SFT on positives in pairs.mode=positive)."""
+from srlm import stage
+from srlm.config import section_dict
+from srlm.io import read_jsonl
+from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
+from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
+
+
+def run(params, key, it):
+    cfg = params.dpo
+    d = stage.iteration_dir(key)
+    src, dst = stage.model_path(it["model"]), stage.model_path(it["next"])
+    with stage_run("dpo", {"dpo": section_dict(cfg), "seed": params.seed}, iteration=key):
+        rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
+        common = dict(seed=params.seed + int(key), work_dir=f"models/.work/dpo{key}",
+                      trust_remote_code=params.model.trust_remote_code)
+        if rows[0]["kind"] == "positive":
+            metrics = train_sft(src, dst, sft_examples([(r["prompt"], r["response"]) for r in rows]), cfg, **common)
+        else:
+            metrics = train_dpo(src, dst, dpo_examples(rows), cfg, **common)
+        write_metrics(d / "metrics" / "dpo.json", metrics)
+        record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": it["model"],
+                                       "data": data_hashes(d / "pairs.jsonl")})
+
+
+if __name__ == "__main__":
+    stage.main(run, needs_iteration=True)

@@ -1,0 +1,32 @@
+"""sample@t: N candidate responses per prompt from M_t."""
+from statistics import mean
+
+from srlm import stage
+from srlm.config import section_dict
+from srlm.generation import SamplingParams, make_generator, sample_responses
+from srlm.io import read_jsonl, write_jsonl
+from srlm.tracking import stage_run, write_metrics
+
+
+def run(params, key, it):
+    cfg, gen = params.sample, params.generation
+    d = stage.iteration_dir(key)
+    with stage_run("sample", {"sample": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed},
+                   iteration=key):
+        prompts = read_jsonl(d / "prompts.jsonl", {"id": str, "prompt": str})
+        generator = make_generator(gen.backend, stage.model_path(it["model"]), gen.batch_size, gen.dtype,
+                                   params.model.trust_remote_code)
+        sampling = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + int(key))
+        rows = sample_responses(generator, prompts, sampling)
+        write_jsonl(d / "candidates.jsonl", rows)
+        write_metrics(d / "metrics" / "sample.json", {
+            "prompts": len(prompts), "candidates": len(rows),
+            "mean_response_chars": mean(len(r["response"]) for r in rows),
+            "mean_response_tokens": mean(r["num_tokens"] for r in rows),
+            "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows),
+            "empty_responses": sum(not r["response"] for r in rows)})
+
+
+if __name__ == "__main__":
+    stage.main(run, needs_iteration=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -24,17 +23,16 @@ def _peft_config(cfg: TrainConfig):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, n_examples: int) -> dict:
+def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
     cuda = torch.cuda.is_available()
-    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
     return dict(
         output_dir=str(work_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type="linear", warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length,
+        lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
         logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0, disable_tqdm=False, log_level="warning",
-        logging_first_step=True, max_steps=-1 if steps_per_epoch else 1,
+        logging_first_step=True,
     )
 
 
@@ -76,7 +74,7 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     if not examples:
         raise ValueError("no SFT examples to train on")
     model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
-    args = SFTConfig(**_common_args(cfg, Path(work_dir), seed, len(examples)), completion_only_loss=True)
+    args = SFTConfig(**_common_args(cfg, Path(work_dir), seed), completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tok, peft_config=_peft_config(cfg),
                          callbacks=[MlflowStepLogger("sft")])
@@ -99,7 +97,7 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     if not examples:
         raise ValueError("no preference pairs to train on")
     model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
-    args = DPOConfig(**_common_args(cfg, Path(work_dir), seed, len(examples)), beta=cfg.beta,
+    args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta,
                      loss_type=["sigmoid"])
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
     # i.e. M_t itself: no second copy of the weights.

@@ -1,0 +1,68 @@
+"""Helpers to run the real DVC pipeline in a throwaway copy of the project on the tiny model."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_PARAMS = {
+    "sft": {"max_ift_examples": 8, "max_eft_examples": 6, "batch_size": 4, "grad_accum": 1, "max_length": 1024,
+            "learning_rate": 1e-3},
+    "eft": {"max_sets": 3, "attempts": 2, "max_new_tokens": 12},
+    "gen_prompts": {"num_prompts": 3, "shots": 3, "max_new_tokens": 16, "min_words": 1},
+    "sample": {"n": 3, "max_new_tokens": 12},
+    "judge": {"samples": 2, "max_new_tokens": 12},
+    "dpo": {"batch_size": 2, "grad_accum": 1, "max_length": 1024, "learning_rate": 1e-3},
+    "generation": {"batch_size": 8},
+}
+
+
+def deep_update(d: dict, u: dict) -> dict:
+    for k, v in u.items():
+        d[k] = deep_update(d.get(k, {}), v) if isinstance(v, dict) else v
+    return d
+
+
+def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
+    """Copy the tracked project files into `dest`, make it a git+DVC repo, point it at the tiny model."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file() and not f.startswith("tests/"):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    deep_update(params, {"model": {"base": str(model_dir)}} | TINY_PARAMS)
+    deep_update(params, overrides or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+    e.setdefault("SRLM_THREADS", "2")
+    e["HF_HUB_OFFLINE"] = "1"
+    e["TQDM_DISABLE"] = "1"
+    return e
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env())
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
+    return p
+
+
+def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, check)

@@ -60,6 +60,7 @@ class TrainConfig:
     grad_accum: int = 2
     max_length: int = 768
     warmup_ratio: float = 0.0
+    gradient_checkpointing: bool = False  # saves memory on big models; costs an extra forward
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

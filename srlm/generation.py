@@ -165,12 +165,31 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA that reads grouped KV heads in place (`enable_gqa`) instead of repeating K/V for
+    every query head at every decode step, which the stock path does on CPU when a mask is set."""
+    causal = query.shape[2] > 1 and attention_mask is None and is_causal is not False
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           scale=scaling, is_causal=causal, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_fast_attention() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("sdpa_gqa", _sdpa_gqa)
+    AttentionMaskInterface.register("sdpa_gqa", sdpa_mask)
+    return "sdpa_gqa"
+
+
 def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "float32",
                    trust_remote_code: bool = False) -> Generator:
     """The seam for other engines: `generation.backend` picks the implementation."""
     if backend == "transformers":
         from .modeling import load_model
-        model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                attn_implementation=register_fast_attention())
         return TransformersGenerator(model, tok, batch_size=batch_size)
     raise ValueError(f"generation.backend={backend!r} is not available; use 'transformers'")
 

@@ -78,7 +78,8 @@ def check_chat_template(tok, where: str) -> None:
                          f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))")
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -89,8 +90,9 @@ def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code:
     check_chat_template(tok, str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, **kw)
     return model, tok
 
 

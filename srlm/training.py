@@ -32,7 +32,7 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
         logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0, disable_tqdm=False, log_level="warning",
-        logging_first_step=True,
+        logging_first_step=True, gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 

@@ -1,0 +1,42 @@
+import pytest
+import yaml
+
+from srlm.config import ConfigError, load_params, parse_params
+
+
+def test_shipped_params_parse_with_paper_defaults():
+    p = load_params("params.yaml")
+    assert (p.sample.n, p.sample.temperature, p.sample.top_p) == (4, 0.7, 0.9)
+    assert p.judge.samples == 3 and p.dpo.beta == 0.1 and p.gen_prompts.shots == 8
+    assert list(p.iterations) == ["1", "2"] and p.iterations["2"] == {"model": "m2", "next": "m3"}
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"judge": {"sampels": 3}}, "did you mean 'samples'"),
+    ({"judgee": {}}, "did you mean 'judge'"),
+    ({"judge": {"samples": 0}}, "judge.samples = 0 must be > 0"),
+    ({"judge": {"samples": 2.5}}, "judge.samples should be an integer"),
+    ({"sample": {"top_p": 1.5}}, "between 0 and 1"),
+    ({"pairs": {"mode": "pairwise"}}, "choose one of 'preference', 'positive'"),
+    ({"model": {"trust_remote_code": "yes"}}, "true or false"),
+    ({"iterations": {"1": {"model": "m2", "next": "m3"}}}, "iterations.1 should be"),
+    ({"iterations": {"2": {"model": "m1", "next": "m2"}}}, "keys must be 1, 2"),
+])
+def test_bad_params_name_the_key(data, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        parse_params(data)
+    assert needle in str(e.value)
+
+
+def test_load_params_reports_bad_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("judge: [1,\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_params(f)
+
+
+def test_overrides_keep_other_defaults(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump({"judge": {"samples": 5}}))
+    p = load_params(f)
+    assert p.judge.samples == 5 and p.judge.temperature == 0.7

@@ -1,0 +1,55 @@
+import pytest
+
+from srlm.io import DataError, atomic_dir, atomic_write_text, read_jsonl, write_jsonl
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    f = tmp_path / "out.txt"
+    atomic_write_text(f, "old")
+
+    class Boom(str):
+        pass
+
+    with pytest.raises(TypeError):
+        atomic_write_text(f, 123)  # type: ignore[arg-type]
+    assert f.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]   # no temp file left
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    d = tmp_path / "model"
+    with atomic_dir(d) as tmp:
+        (tmp / "w").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(d) as tmp:
+            (tmp / "w").write_text("2")
+            raise RuntimeError("killed")
+    assert (d / "w").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+SCHEMA = {"id": str, "instruction": str}
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": \n', "data.jsonl:2: malformed JSON"),
+    (b'{"id": "a"}\n', "data.jsonl:1: missing field 'instruction'"),
+    (b'{"id": "a", "instruction": "  "}\n', "data.jsonl:1: field 'instruction' is empty"),
+    (b'{"id": "a", "instruction": 3}\n', "data.jsonl:1: field 'instruction' should be str"),
+    (b'{"id": "a", "instruction": "x"}\n{"id": "a", "instruction": "y"}\n', "data.jsonl:2: duplicate id 'a'"),
+    (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": "\xff"}\n', "data.jsonl:2: not valid UTF-8"),
+    (b"", "data.jsonl: contains no records"),
+    (b"[1, 2]\n", "data.jsonl:1: expected a JSON object"),
+])
+def test_read_jsonl_errors_name_file_and_line(tmp_path, content, needle):
+    f = tmp_path / "data.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_jsonl(f, SCHEMA)
+    assert needle in str(e.value)
+
+
+def test_roundtrip(tmp_path):
+    rows = [{"id": "a", "instruction": "é"}, {"id": "b", "instruction": "x"}]
+    write_jsonl(tmp_path / "x.jsonl", rows)
+    assert read_jsonl(tmp_path / "x.jsonl", SCHEMA) == rows

@@ -74,7 +74,9 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     if not examples:
         raise ValueError("no SFT examples to train on")
     model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
-    args = SFTConfig(**_common_args(cfg, Path(work_dir), seed), completion_only_loss=True)
+    # Judge examples are ~4x longer than IFT ones: batching by length avoids padding IFT to them.
+    args = SFTConfig(**_common_args(cfg, Path(work_dir), seed), completion_only_loss=True,
+                     train_sampling_strategy="group_by_length")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tok, peft_config=_peft_config(cfg),
                          callbacks=[MlflowStepLogger("sft")])

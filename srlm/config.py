@@ -103,6 +103,9 @@ class SampleConfig:
 
 @dataclass
 class JudgeConfig:
+    # sampled: the parsed `Score: N` (the paper). expected: Σ p(n)·n of the digits the model puts
+    # right after `Score:` at the end of each judgment; every judgment gets a continuous score.
+    scoring: Literal["sampled", "expected"] = "sampled"
     samples: int = 3
     temperature: float = 0.7
     top_p: float = 0.9

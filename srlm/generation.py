@@ -81,15 +81,8 @@ class TransformersGenerator(Generator):
     def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
         if not prompts:
             return []
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        if any(len(x) == 0 for x in ids):
-            raise ValueError("cannot generate from an empty prompt")
         # Shared prefix: keep at least one token of every prompt outside it, so each row has input.
-        plen = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
-        prefix_cache = None
-        if plen > 0:
-            prefix_cache = _new_cache(self.model)
-            self.model(input_ids=torch.tensor([ids[0][:plen]]), past_key_values=prefix_cache, use_cache=True)
+        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts)
 
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         # Fewer prompts per batch when each carries n samples, so that decode rows stay ~batch_size.
@@ -110,8 +103,9 @@ class TransformersGenerator(Generator):
         bar.close()
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, suffixes, prefix, prefix_cache, params):
-        B, n, P = len(suffixes), params.n, len(prefix)
+    def _layout(self, suffixes, prefix, prefix_cache):
+        """[shared prefix | padding | suffix] rows, and a cache holding the prefix for each row."""
+        B, P = len(suffixes), len(prefix)
         L = max(len(s) for s in suffixes)
         input_ids = torch.full((B, P + L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, P + L), dtype=torch.long)
@@ -125,10 +119,72 @@ class TransformersGenerator(Generator):
             cache.batch_repeat_interleave(B)
         else:
             cache = _new_cache(self.model)
+        return input_ids, mask, cache
+
+    def _prefill(self, input_ids, mask, cache, start: int, end: int):
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :end],
+                          position_ids=pos[:, start:end], past_key_values=cache, use_cache=True)
+
+    def _tokenize_with_prefix(self, texts: list[str]):
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError("cannot run the model on an empty prompt")
+        plen = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
+        prefix_cache = None
+        if plen > 0:
+            prefix_cache = _new_cache(self.model)
+            self.model(input_ids=torch.tensor([ids[0][:plen]]), past_key_values=prefix_cache, use_cache=True)
+        return ids, plen, prefix_cache
+
+    @torch.inference_mode()
+    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
+                         desc: str = "score") -> list[torch.Tensor]:
+        """For each prompt and each of its continuations, the probabilities of `token_ids` as the
+        next token after prompt + continuation. Each prompt is prefilled once for all its
+        continuations (the judge's k judgments), like the samples in `generate`."""
+        if not prompts:
+            return []
+        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts)
+        cont_ids = [[self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in continuations]
+        k = max(len(cs) for cs in continuations)
+        if any(len(cs) != k for cs in continuations) or any(not c for cs in cont_ids for c in cs):
+            raise ValueError("every prompt needs the same number of non-empty continuations")
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        per_batch = max(1, self.batch_size // k)
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
+        for b in range(0, len(order), per_batch):
+            idx = order[b:b + per_batch]
+            P = plen
+            input_ids, mask, cache = self._layout([ids[i][P:] for i in idx], ids[idx[0]][:P], prefix_cache)
+            self._prefill(input_ids, mask, cache, P, input_ids.shape[1])
+            cache.batch_repeat_interleave(k)
+            mask = mask.repeat_interleave(k, dim=0)
+            conts = [c for i in idx for c in cont_ids[i]]
+            Lc = max(len(c) for c in conts)
+            c_ids = torch.full((len(conts), Lc), self.pad_id, dtype=torch.long)
+            c_mask = torch.zeros((len(conts), Lc), dtype=torch.long)
+            for r, c in enumerate(conts):
+                c_ids[r, Lc - len(c):] = torch.tensor(c, dtype=torch.long)
+                c_mask[r, Lc - len(c):] = 1
+            full_mask = torch.cat([mask, c_mask], dim=1)
+            pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1]:]
+            logits = self.model(input_ids=c_ids, attention_mask=full_mask, position_ids=pos,
+                                past_key_values=cache, use_cache=True).logits[:, -1].float()
+            probs = torch.softmax(logits, dim=-1)[:, token_ids]
+            for j, i in enumerate(idx):
+                out[i] = probs[j * k:(j + 1) * k]
+            bar.update(len(idx))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, suffixes, prefix, prefix_cache, params):
+        B, n, P = len(suffixes), params.n, len(prefix)
+        L = max(len(s) for s in suffixes)
+        input_ids, mask, cache = self._layout(suffixes, prefix, prefix_cache)
         if L > 1:  # prefill everything but the last token once per prompt
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.model(input_ids=input_ids[:, P:-1], attention_mask=mask[:, :-1], position_ids=pos[:, P:-1],
-                       past_key_values=cache, use_cache=True)
+            self._prefill(input_ids, mask, cache, P, P + L - 1)
         if n > 1:
             cache.batch_repeat_interleave(n)
             input_ids = input_ids.repeat_interleave(n, dim=0)

@@ -81,10 +81,48 @@ def agrees_with_ranking(scores: list[int | None], ranks: list[int]) -> bool:
     return True
 
 
-def judge_responses(generator, items: list[tuple[str, str]], sampling, desc: str = "judge"):
+def score_tokens(tokenizer, anchor: str = "Score:") -> tuple[str, list[int]]:
+    """The text that ends a judgment right before its score, and the token id of each digit 0..5
+    that follows it. Tokenizers differ: some merge the space into the digit (" 4"), others emit
+    a space token and then "4"; the shared part goes into the returned text."""
+    base = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    conts = []
+    for d in range(MAX_SCORE + 1):
+        ids = tokenizer(f"{anchor} {d}", add_special_tokens=False)["input_ids"]
+        if ids[:len(base)] != base:
+            raise ValueError(f"tokenizer splits {anchor!r} differently before a digit; cannot read scores")
+        conts.append(ids[len(base):])
+    common = 0
+    while all(len(c) > common + 1 for c in conts) and len({c[common] for c in conts}) == 1:
+        common += 1
+    targets = [c[common] for c in conts]
+    if len(set(targets)) != len(targets):
+        raise ValueError("the digits 0-5 do not map to distinct tokens after 'Score:'")
+    return anchor + tokenizer.decode(conts[0][:common]), targets
+
+
+def expected_score(probs) -> float:
+    """Σ p(n)·n over n = 0..5, renormalised over those six tokens."""
+    total = float(sum(probs))
+    if total <= 0:
+        return float("nan")
+    return float(sum(p * n for n, p in enumerate(probs)) / total)
+
+
+def _before_score(judgment: str) -> str:
+    """The judgment up to its last `Score:` (exclusive), or all of it plus a line break."""
+    matches = list(_SCORE.finditer(judgment))
+    if matches:
+        return judgment[:matches[-1].start()]
+    return judgment.rstrip() + "\n"
+
+
+def judge_responses(generator, items: list[tuple[str, str]], sampling, scoring: str = "sampled",
+                    desc: str = "judge"):
     """Judge (instruction, response) items with the Figure 2 prompt, `sampling.n` samples each.
 
-    Returns, per item, the judgment texts and their parsed scores (None when unparsable)."""
+    Returns, per item, the judgment texts, their parsed scores (None when unparsable) and, with
+    scoring="expected", the expected score read after `Score:` at the end of each judgment."""
     from .generation import chat_prompt
     from .prompts import judge_prompt
 
@@ -96,7 +134,21 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, desc: str
         parsed = [parse_score(c.text) for c in comps]
         results.append({"judgments": [c.text for c in comps], "scores": [p.score for p in parsed],
                         "statuses": [p.status for p in parsed]})
+    if scoring == "expected":
+        anchor, targets = score_tokens(tok)
+        conts = [[_before_score(j) + anchor for j in r["judgments"]] for r in results]
+        probs = generator.next_token_probs(prompts, conts, targets, desc=f"{desc} (expected score)")
+        for r, p in zip(results, probs):
+            r["expected_scores"] = [round(expected_score(row.tolist()), 4) for row in p]
     return results
+
+
+def candidate_score(result: dict, scoring: str) -> float | None:
+    """A candidate's score: the mean of its valid sampled scores, or of its expected scores."""
+    if scoring == "expected":
+        vals = [v for v in result["expected_scores"] if v == v]  # drop NaN
+        return round(sum(vals) / len(vals), 4) if vals else None
+    return average(result["scores"])
 
 
 def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict], dict]:

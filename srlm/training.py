@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,12 +38,14 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
 
 
 def _save(trainer, tokenizer, out_dir: Path) -> None:
+    """Write the trained model atomically, then drop the trainer's scratch directory."""
     model = trainer.model
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter into the weights
         model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
 
 
 def _summary(trainer, result) -> dict:

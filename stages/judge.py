@@ -3,7 +3,7 @@ from srlm import stage
 from srlm.config import section_dict
 from srlm.generation import SamplingParams, make_generator
 from srlm.io import read_jsonl, write_jsonl
-from srlm.judging import average, judge_metrics, judge_responses
+from srlm.judging import candidate_score, judge_metrics, judge_responses
 from srlm.tracking import stage_run, write_metrics
 
 
@@ -18,13 +18,18 @@ def run(params, key, it):
                                    params.model.trust_remote_code)
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=params.seed + 31 * int(key))
-        judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling)
+        judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, cfg.scoring)
         rows = [{"prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "prompt": c["prompt"],
-                 "response": c["response"], **j, "score": average(j["scores"])} for c, j in zip(cands, judged)]
+                 "response": c["response"], **j, "score": candidate_score(j, cfg.scoring)}
+                for c, j in zip(cands, judged)]
         write_jsonl(d / "judgments.jsonl", rows)
         metrics = judge_metrics([s for r in rows for s in r["statuses"]], [s for r in rows for s in r["scores"]])
         metrics["candidates_scored"] = sum(r["score"] is not None for r in rows)
         metrics["candidates"] = len(rows)
+        metrics["scoring"] = cfg.scoring
+        if cfg.scoring == "expected":
+            exp = [r["score"] for r in rows if r["score"] is not None]
+            metrics["expected_score_mean"] = sum(exp) / len(exp) if exp else 0.0
         write_metrics(d / "metrics" / "judge.json", metrics)
 
 

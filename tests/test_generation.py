@@ -56,3 +56,18 @@ def test_fast_attention_matches_stock_sdpa(tiny_model_dir):
     with torch.inference_mode():
         a, b = stock(**enc).logits, fast(**enc).logits
     assert torch.allclose(a[enc.attention_mask.bool()], b[enc.attention_mask.bool()], atol=1e-5)
+
+
+def test_next_token_probs_equal_a_plain_forward(tiny):
+    model, tok = tiny
+    gen = TransformersGenerator(model, tok, batch_size=4, progress=False)
+    prompts = _prompts(tok)[:4]
+    conts = [["the answer\nScore:", "x"], ["good", "no no no Score:"], ["a", "b"], ["yes Score:", "short"]]
+    targets = [5, 6, 7]
+    got = gen.next_token_probs(prompts, conts, targets)
+    for p, cs, g in zip(prompts, conts, got):
+        for c, row in zip(cs, g):
+            ids = tok(p, add_special_tokens=False).input_ids + tok(c, add_special_tokens=False).input_ids
+            with torch.inference_mode():
+                ref = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[targets]
+            assert torch.allclose(row, ref, atol=1e-5)

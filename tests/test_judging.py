@@ -42,3 +42,58 @@ def test_agreement_with_human_ranking():
     assert not agrees_with_ranking([5, 5, 1], [0, 1, 2])   # tie between different ranks
     assert not agrees_with_ranking([1, 3, 5], [0, 1, 2])
     assert not agrees_with_ranking([5, None, 1], [0, 1, 2])
+
+
+class FakeTokenizer:
+    """Maps text to ids piece by piece: either ' 4' is one token (merged) or ' ' then '4'."""
+
+    def __init__(self, merged: bool):
+        self.merged = merged
+        self.vocab = {"Score": 1, ":": 2, " ": 3, **{str(d): 10 + d for d in range(10)},
+                      **{f" {d}": 20 + d for d in range(10)}}
+        self.inv = {v: k for k, v in self.vocab.items()}
+
+    def __call__(self, text, add_special_tokens=False):
+        ids, rest = [], text
+        for piece in ("Score", ":"):
+            assert rest.startswith(piece)
+            ids.append(self.vocab[piece])
+            rest = rest[len(piece):]
+        if rest:
+            ids += [self.vocab[rest]] if self.merged else [self.vocab[" "], self.vocab[rest.strip()]]
+        return {"input_ids": ids}
+
+    def decode(self, ids):
+        return "".join(self.inv[i] for i in ids)
+
+
+def test_score_tokens_with_merged_digits():
+    from srlm.judging import score_tokens
+
+    assert score_tokens(FakeTokenizer(merged=True)) == ("Score:", [20, 21, 22, 23, 24, 25])
+
+
+def test_score_tokens_with_a_separate_space_token():
+    from srlm.judging import score_tokens
+
+    assert score_tokens(FakeTokenizer(merged=False)) == ("Score: ", [10, 11, 12, 13, 14, 15])
+
+
+def test_expected_score_renormalises_over_0_to_5():
+    import math
+
+    from srlm.judging import expected_score
+
+    assert expected_score([0, 0, 0, 0, 0, 1]) == 5
+    assert expected_score([0.1, 0, 0, 0, 0, 0.1]) == 2.5          # mass outside 0-5 is ignored
+    assert abs(expected_score([1, 1, 1, 1, 1, 1]) - 2.5) < 1e-9
+    assert math.isnan(expected_score([0] * 6))
+
+
+def test_candidate_score_by_mode():
+    from srlm.judging import candidate_score
+
+    r = {"scores": [4, None, 2], "expected_scores": [3.5, float("nan"), 2.5]}
+    assert candidate_score(r, "sampled") == 3
+    assert candidate_score(r, "expected") == 3.0
+    assert candidate_score({"scores": [None], "expected_scores": [float("nan")]}, "expected") is None

@@ -4,7 +4,7 @@ from srlm.config import section_dict
 from srlm.generation import SamplingParams, make_generator
 from srlm.io import DataError, write_jsonl
 from srlm.prompts import generate_prompts
-from srlm.tracking import stage_run, write_metrics
+from srlm.tracking import log_artifact, stage_run, write_metrics
 
 
 def run(params, key, it):
@@ -23,6 +23,7 @@ def run(params, key, it):
                             f"(dropped: { {k: v for k, v in metrics.items() if k.startswith('dropped_') and v} })")
         out = stage.iteration_dir(key) / "prompts.jsonl"
         write_jsonl(out, [{"id": f"it{key}-p{i:04d}", "prompt": p} for i, p in enumerate(prompts)])
+        log_artifact(out)
         write_metrics(stage.iteration_dir(key) / "metrics" / "gen_prompts.json", metrics)
 
 

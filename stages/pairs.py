@@ -3,7 +3,7 @@ from srlm import stage
 from srlm.config import section_dict
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.pairing import select_pairs, select_positives
-from srlm.tracking import stage_run, write_metrics
+from srlm.tracking import log_artifact, stage_run, write_metrics
 
 
 def run(params, key, it):
@@ -24,6 +24,7 @@ def run(params, key, it):
                             f"({dict(counts)}; {parse_rate:.0%} of candidates got a valid score). "
                             f"Check {d / 'judgments.jsonl'}: the judge may not be producing 'Score: N'.")
         write_jsonl(d / "pairs.jsonl", [r | {"kind": cfg.mode} for r in rows])
+        log_artifact(d / "pairs.jsonl")
         write_metrics(d / "metrics" / "pairs.json", dict(counts) | {"mode": cfg.mode, "scored_rate": parse_rate})
 
 

@@ -1,7 +1,7 @@
 """Tokens per second of the sample and judge stages' generation, batched backend vs a
 one-prompt-at-a-time `model.generate` loop, on the same prompts, in the same run.
 
-    python bench/generation.py [--model models/m0] [--prompts 8] [--max-new-tokens 64]
+    python bench/generation.py [--model models/m0] [--prompts 16] [--max-new-tokens 64] [--batch-size 64]
 
 Uses models/m0 when it exists, else prepares the embedded default into a temp directory.
 """
@@ -43,9 +43,9 @@ def batched(gen: TransformersGenerator, prompts, sp: SamplingParams) -> int:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/m0")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     set_threads()
     model_dir = Path(args.model)

@@ -52,7 +52,8 @@ def prepare_base_model(base: str, out_dir: str | Path, revision: str = "", trust
         source = f"builtin:{gguf}"
     else:
         is_local = os.path.isdir(base)
-        if not is_local and (base.startswith((".", "/", "~")) or os.sep in base.strip("/").replace("/", "", 1)):
+        # A hub id is "org/name"; anything else that does not exist is a mistyped path.
+        if not is_local and (base.startswith((".", "/", "~")) or base.count("/") > 1):
             raise ModelError(f"model.base={base!r}: no such directory")
         if revision:
             kw["revision"] = revision

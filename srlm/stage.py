@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Params, load_params
+from .config import ConfigError, load_params
 from .io import DataError
 from .modeling import ModelError, set_threads
 

@@ -1,7 +1,6 @@
 """SFT and DPO with TRL's trainers; LoRA through peft, merged into a plain checkpoint at the end."""
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -11,9 +10,6 @@ from .config import DpoConfig, TrainConfig
 from .io import atomic_dir
 from .modeling import load_model
 from .tracking import MlflowStepLogger
-
-log = logging.getLogger(__name__)
-
 
 def _peft_config(cfg: TrainConfig):
     if not cfg.lora.enabled:

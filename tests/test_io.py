@@ -7,9 +7,6 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     f = tmp_path / "out.txt"
     atomic_write_text(f, "old")
 
-    class Boom(str):
-        pass
-
     with pytest.raises(TypeError):
         atomic_write_text(f, 123)  # type: ignore[arg-type]
     assert f.read_text() == "old"

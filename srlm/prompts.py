@@ -15,6 +15,15 @@ def judge_prompt(instruction: str, response: str) -> str:
     return JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip()).replace("<RESPONSE_HERE>", response.strip())
 
 
+PAIRWISE_TEMPLATE = (Path(__file__).parent / "templates" / "pairwise.txt").read_text(encoding="utf-8").strip()
+
+
+def pairwise_prompt(instruction: str, response_a: str, response_b: str) -> str:
+    """The head-to-head evaluation prompt: which of two responses is better, ending in `Winner: A|B`."""
+    return (PAIRWISE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip())
+            .replace("<RESPONSE_A_HERE>", response_a.strip()).replace("<RESPONSE_B_HERE>", response_b.strip()))
+
+
 FEWSHOT_HEADER = ("Below are some tasks that users ask an AI assistant. "
                   "Write new tasks that are different from all of them.\n\n")
 

@@ -14,12 +14,17 @@ from .modeling import ModelError, set_threads
 EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError)
 
 
-def main(run, needs_iteration: bool = False) -> None:
-    """Parse `--iteration`, load params.yaml, call `run(params[, iteration])`; exit 2 with the
-    message on an expected error (bad params, bad data, missing model)."""
+def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
+    """Parse `--iteration` (or `--model`/`--matchup`, by `needs`), load params.yaml, call
+    `run(params[, key, entry])`; exit 2 with the message on an expected error (bad params,
+    bad data, missing model)."""
     parser = argparse.ArgumentParser(description=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None)
     if needs_iteration:
         parser.add_argument("--iteration", required=True, help="iteration key in params.yaml (1, 2, ...)")
+    if needs == "model":
+        parser.add_argument("--model", required=True, help="a model of evaluation.models in params.yaml")
+    if needs == "matchup":
+        parser.add_argument("--matchup", required=True, help="a key of evaluation.matchups in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
@@ -36,6 +41,14 @@ def main(run, needs_iteration: bool = False) -> None:
                                   f"({', '.join(map(str, params.iterations)) or 'none'})")
             it = {str(k): v for k, v in params.iterations.items()}[key]
             run(params, key, it)
+        elif needs == "model":
+            if args.model not in params.evaluation.models:
+                raise ConfigError(f"params.yaml: model {args.model!r} is not in evaluation.models")
+            run(params, args.model)
+        elif needs == "matchup":
+            if args.matchup not in params.evaluation.matchups:
+                raise ConfigError(f"params.yaml: matchup {args.matchup!r} is not in evaluation.matchups")
+            run(params, args.matchup, params.evaluation.matchups[args.matchup])
         else:
             run(params)
     except EXPECTED as e:
@@ -49,5 +62,13 @@ def iteration_dir(key: str) -> Path:
 
 def model_path(name: str) -> Path:
     return Path("models") / name
+
+
+def eval_dir(model: str) -> Path:
+    return Path("data") / "eval" / model
+
+
+def matchup_dir(name: str) -> Path:
+    return Path("data") / "eval" / "head_to_head" / name
 
 

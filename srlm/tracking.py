@@ -10,10 +10,9 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
-
-from transformers import TrainerCallback
 
 from .io import file_sha256, write_json
 
@@ -63,19 +62,27 @@ def stage_run(stage: str, params: dict, iteration: str | None = None):
         mlflow.log_metric("wall_time_s", time.time() - t0)
 
 
+def _active() -> bool:
+    """An MLflow run is open (mlflow is only imported by `stage_run`, so stages run without it
+    when tracking is off)."""
+    return "mlflow" in sys.modules and sys.modules["mlflow"].active_run() is not None
+
+
 def log_metrics(metrics: dict, step: int | None = None) -> None:
+    if not _active():
+        return
     import mlflow
 
-    if mlflow.active_run() is None:
-        return
     mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
 
 
 def log_artifact(path: str | Path) -> None:
+    if not _active():
+        return
     import mlflow
 
-    if mlflow.active_run() is not None and Path(path).is_file():
+    if Path(path).is_file():
         mlflow.log_artifact(str(path))
 
 
@@ -98,21 +105,17 @@ def data_hashes(*paths: str | Path) -> dict:
     return {str(p): file_sha256(p)[:16] for p in paths if Path(p).is_file()}
 
 
+def _no_nan(obj):
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def write_metrics(path: str | Path, metrics: dict) -> None:
-    """A DVC metrics file (compared by `dvc metrics show/diff` and `dvc exp show`), also sent to MLflow."""
+    """A DVC metrics file (compared by `dvc metrics show/diff` and `dvc exp show`), also sent to
+    MLflow. An undefined value (NaN, e.g. a correlation over constant scores) is written as null."""
+    metrics = _no_nan(metrics)
     write_json(path, metrics)
-    flat = _flatten(metrics)
+    flat = {k: v for k, v in _flatten(metrics).items() if v is not None}
     with contextlib.suppress(ImportError):
         log_metrics(flat)
-
-
-class MlflowStepLogger(TrainerCallback):
-    """Per-step trainer logs (loss, DPO reward margins, ...) into the stage's MLflow run."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if os.environ.get("SRLM_TRACKING", "on") == "off" or not logs:
-            return
-        log_metrics({f"{self.prefix}/{k}": v for k, v in logs.items()}, step=state.global_step)

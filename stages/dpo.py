@@ -1,4 +1,5 @@
-"""dpo@t: DPO from M_t on the iteration's pairs -> M_{t+1} (SFT on positives in pairs.mode=positive)."""
+"""dpo@t: DPO from M_t on the iteration's pairs -> M_{t+1} (SFT on positives in pairs.mode=positive).
+With method=cream the loss is CREAM's consistency-regularized DPO, weighted by each pair's C."""
 from srlm import stage
 from srlm.config import section_dict
 from srlm.io import read_jsonl
@@ -10,14 +11,16 @@ def run(params, key, it):
     cfg = params.dpo
     d = stage.iteration_dir(key)
     src, dst = stage.model_path(it["model"]), stage.model_path(it["next"])
-    with stage_run("dpo", {"dpo": section_dict(cfg), "seed": params.seed}, iteration=key):
+    tracked = {"dpo": section_dict(cfg), "seed": params.seed, "method": params.method, "cream.loss": params.cream.loss}
+    with stage_run("dpo", tracked, iteration=key):
         rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
         common = dict(seed=params.seed + int(key), work_dir=f"models/.work/dpo{key}",
                       trust_remote_code=params.model.trust_remote_code)
         if rows[0]["kind"] == "positive":
             metrics = train_sft(src, dst, sft_examples([(r["prompt"], r["response"]) for r in rows]), cfg, **common)
         else:
-            metrics = train_dpo(src, dst, dpo_examples(rows), cfg, **common)
+            consistency = params.cream.loss if params.method == "cream" else "none"
+            metrics = train_dpo(src, dst, dpo_examples(rows), cfg, consistency=consistency, **common)
         write_metrics(d / "metrics" / "dpo.json", metrics)
         record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": it["model"],
                                        "data": data_hashes(d / "pairs.jsonl")})

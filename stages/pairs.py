@@ -1,31 +1,62 @@
-"""pairs@t: highest vs lowest scored candidate per prompt (ties dropped), or the positive-only variant."""
+"""pairs@t: highest vs lowest scored candidate per prompt (ties broken by the other readout, else
+dropped), or the positive-only variant. With method=cream each pair also gets the consistency C
+between M_t's and M_{t-1}'s rankings of its prompt's candidates."""
+from statistics import mean
+
 from srlm import stage
 from srlm.config import section_dict
+from srlm.evaluation import longer_wins_rate
 from srlm.io import DataError, read_jsonl, write_jsonl
-from srlm.pairing import select_pairs, select_positives
+from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
+
+JUDGED = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}
+
+
+def _check_scores(rows, path):
+    for i, r in enumerate(rows, 1):
+        for k in ("score", "sampled_score", "expected_score"):
+            if r.get(k) is not None and (isinstance(r[k], bool) or not isinstance(r[k], (int, float))):
+                raise DataError(f"{path}:{i}: {k} must be a number or null, got {r[k]!r}")
 
 
 def run(params, key, it):
     cfg = params.pairs
     d = stage.iteration_dir(key)
-    with stage_run("pairs", {"pairs": section_dict(cfg)}, iteration=key):
-        judged = read_jsonl(d / "judgments.jsonl", {"prompt_id": str, "candidate_id": str, "prompt": str})
-        for i, r in enumerate(judged, 1):
-            if r.get("score") is not None and not isinstance(r["score"], (int, float)):
-                raise DataError(f"{d / 'judgments.jsonl'}:{i}: score must be a number or null")
+    tracked = {"pairs": section_dict(cfg), "method": params.method, "cream": section_dict(params.cream),
+               "judge.scoring": params.judge.scoring}
+    with stage_run("pairs", tracked, iteration=key):
+        judged = read_jsonl(d / "judgments.jsonl", JUDGED)
+        _check_scores(judged, d / "judgments.jsonl")
         if cfg.mode == "preference":
-            rows, counts = select_pairs(judged, cfg.min_valid)
+            # The readout not used for `score` breaks ties (the expected score when pairing on sampled).
+            tiebreak = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
+            rows, counts = select_pairs(judged, cfg.min_valid, tiebreak,
+                                        cfg.length_margin if cfg.length_control else None)
         else:
             rows, counts = select_positives(judged, cfg.positive_score)
-        parse_rate = sum(r.get("score") is not None for r in judged) / len(judged)
+        scored_rate = sum(r.get("score") is not None for r in judged) / len(judged)
         if not rows:
             raise DataError(f"pairs@{key}: no usable training data from {len(judged)} judged candidates "
-                            f"({dict(counts)}; {parse_rate:.0%} of candidates got a valid score). "
+                            f"({dict(counts)}; {scored_rate:.0%} of candidates got a valid score). "
                             f"Check {d / 'judgments.jsonl'}: the judge may not be producing 'Score: N'.")
+        metrics = dict(counts) | {"mode": cfg.mode, "scored_rate": scored_rate, "method": params.method}
+        if cfg.mode == "preference":
+            metrics |= {"chosen_chars_mean": mean(len(r["chosen"]) for r in rows),
+                        "rejected_chars_mean": mean(len(r["rejected"]) for r in rows),
+                        "longer_chosen_rate": longer_wins_rate(
+                            [(r["chosen_score"], r["rejected_score"], len(r["chosen"]), len(r["rejected"]))
+                             for r in rows])}
+            if params.method == "cream":
+                prev = read_jsonl(d / "judgments_prev.jsonl", JUDGED)
+                _check_scores(prev, d / "judgments_prev.jsonl")
+                rows, c_counts = attach_consistency(rows, judged, prev, params.cream.consistency)
+                cs = sorted(r["consistency"] for r in rows)
+                metrics |= dict(c_counts) | {"consistency_mean": mean(cs), "consistency_min": cs[0],
+                                             "consistency_median": cs[len(cs) // 2], "consistency_max": cs[-1]}
         write_jsonl(d / "pairs.jsonl", [r | {"kind": cfg.mode} for r in rows])
         log_artifact(d / "pairs.jsonl")
-        write_metrics(d / "metrics" / "pairs.json", dict(counts) | {"mode": cfg.mode, "scored_rate": parse_rate})
+        write_metrics(d / "metrics" / "pairs.json", metrics)
 
 
 if __name__ == "__main__":

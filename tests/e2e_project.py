@@ -21,7 +21,10 @@ TINY_PARAMS = {
     "judge": {"max_new_tokens": 12},
     "dpo": {"batch_size": 2, "grad_accum": 1, "max_length": 1024, "learning_rate": 1e-5},
     "generation": {"batch_size": 16},
+    "evaluation": {"models": ["sft_baseline", "m3"], "ranked_sets": 3, "prompts": 3, "max_new_tokens": 12,
+                   "verdict_max_new_tokens": 12},
 }
+TINY_MATCHUPS = {"m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"}}
 
 
 def deep_update(d: dict, u: dict) -> dict:
@@ -41,6 +44,7 @@ def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> 
             shutil.copy2(src, dest / f)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     deep_update(params, {"model": {"base": str(model_dir)}} | TINY_PARAMS)
+    params["evaluation"]["matchups"] = TINY_MATCHUPS  # replaced, not merged: the shipped ones name m1
     deep_update(params, overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
@@ -49,8 +53,8 @@ def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> 
     return dest
 
 
-def env() -> dict:
-    e = dict(os.environ)
+def env(**extra: str) -> dict:
+    e = dict(os.environ) | extra
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
     e.setdefault("SRLM_THREADS", "2")
     e["HF_HUB_OFFLINE"] = "1"
@@ -58,12 +62,12 @@ def env() -> dict:
     return e
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env())
+def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**extra_env))
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
     return p
 
 
-def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, check)
+def dvc(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, check, **extra_env)

@@ -8,7 +8,8 @@ def test_shipped_params_parse_with_paper_defaults():
     p = load_params("params.yaml")
     assert (p.sample.n, p.sample.temperature, p.sample.top_p) == (4, 0.7, 0.9)
     assert p.judge.samples == 3 and p.dpo.beta == 0.1 and p.gen_prompts.shots == 8
-    assert list(p.iterations) == ["1", "2"] and p.iterations["2"] == {"model": "m2", "next": "m3"}
+    assert list(p.iterations) == ["1", "2"] and p.iterations["2"] == {"prev": "m1", "model": "m2", "next": "m3"}
+    assert p.method == "srlm" and p.evaluation.judge == "m3" and "m3_vs_m2" in p.evaluation.matchups
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -19,8 +20,21 @@ def test_shipped_params_parse_with_paper_defaults():
     ({"sample": {"top_p": 1.5}}, "between 0 and 1"),
     ({"pairs": {"mode": "pairwise"}}, "choose one of 'preference', 'positive'"),
     ({"model": {"trust_remote_code": "yes"}}, "true or false"),
-    ({"iterations": {"1": {"model": "m2", "next": "m3"}}}, "iterations.1 should be"),
-    ({"iterations": {"2": {"model": "m1", "next": "m2"}}}, "keys must be 1, 2"),
+    ({"iterations": {"1": {"prev": "m0", "model": "m2", "next": "m3"}}}, "iterations.1 should have model: m1"),
+    ({"iterations": {"2": {"prev": "m0", "model": "m1", "next": "m2"}}}, "keys must be 1, 2"),
+    ({"iterations": {"1": {"model": "m1", "next": "m2"}}}, "exactly the keys prev, model and next"),
+    ({"iterations": {"1": {"prev": "m2", "model": "m1", "next": "m2"}}}, "use m0 or sft_baseline"),
+    ({"iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"},
+                     "2": {"prev": "m0", "model": "m2", "next": "m3"}}}, "iterations.2.prev = 'm0'; use m1"),
+    ({"method": "rlhf"}, "choose one of 'srlm', 'cream'"),
+    ({"cream": {"loss": "mean"}}, "choose one of 'dynamic', 'average'"),
+    ({"evaluation": {"models": ["m0", "m5"]}}, "evaluation.models = 'm5' is not a model"),
+    ({"evaluation": {"judge": "sft_basline"}}, "did you mean 'sft_baseline'"),
+    ({"evaluation": {"models": ["m0", "m1"], "matchups": {"x": {"a": "m1", "b": "sft_baseline"}}}},
+     "matchups.x.b = 'sft_baseline' is not in evaluation.models"),
+    ({"evaluation": {"matchups": {"x": {"a": "m1"}}}}, "exactly the keys a and b"),
+    ({"evaluation": {"models": "m1"}}, "should be a list of names"),
+    ({"evaluation": {"prompts": -1}}, "must be >= 0"),
 ])
 def test_bad_params_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=None) as e:

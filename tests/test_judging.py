@@ -90,10 +90,13 @@ def test_expected_score_renormalises_over_0_to_5():
     assert math.isnan(expected_score([0] * 6))
 
 
-def test_candidate_score_by_mode():
-    from srlm.judging import candidate_score
+def test_candidate_scores_keep_both_readouts():
+    from srlm.judging import candidate_scores
 
     r = {"scores": [4, None, 2], "expected_scores": [3.5, float("nan"), 2.5]}
-    assert candidate_score(r, "sampled") == 3
-    assert candidate_score(r, "expected") == 3.0
-    assert candidate_score({"scores": [None], "expected_scores": [float("nan")]}, "expected") is None
+    assert candidate_scores(r, "sampled") == {"sampled_score": 3, "expected_score": 3.0, "score": 3}
+    assert candidate_scores(r, "expected")["score"] == 3.0
+    none = candidate_scores({"scores": [None], "expected_scores": [float("nan")]}, "expected")
+    assert none == {"sampled_score": None, "expected_score": None, "score": None}
+    with pytest.raises(ValueError, match="expected=True"):
+        candidate_scores({"scores": [4]}, "expected")

@@ -31,3 +31,70 @@ def test_positive_only_variant():
     judged = [row("a", 0, 5.0), row("a", 1, 4.0), row("b", 0, None)]
     pos, counts = select_positives(judged, 5.0)
     assert [p["id"] for p in pos] == ["a-c0"] and counts["positives"] == 1
+
+
+def scored(pid, j, score, expected=None, response=None):
+    return row(pid, j, score) | {"expected_score": expected, "response": response or f"{pid} r{j}"}
+
+
+def test_tie_rules_average_then_expected_then_drop():
+    judged = [scored("a", 0, 3.0, 2.9), scored("a", 1, 3.0, 3.4), scored("a", 2, 3.0, 3.1),   # all tied: expected decides
+              scored("b", 0, 4.0, 1.0), scored("b", 1, 4.0, 4.2), scored("b", 2, 2.0, 2.0),   # tied best: expected picks
+              scored("c", 0, 3.0, 3.0), scored("c", 1, 3.0, 3.0),                          # tied both ways: dropped
+              scored("d", 0, 3.0, None), scored("d", 1, 3.0, None)]                        # no fallback: dropped
+    pairs, counts = select_pairs(judged, tiebreak="expected_score")
+    by_id = {p["id"]: p for p in pairs}
+    assert (by_id["a"]["chosen_id"], by_id["a"]["rejected_id"]) == ("a-c1", "a-c0")
+    assert (by_id["b"]["chosen_id"], by_id["b"]["rejected_id"]) == ("b-c1", "b-c2")
+    assert set(by_id) == {"a", "b"}
+    assert counts["tie_broken"] == 1 and counts["dropped_tie"] == 2 and counts["pairs"] == 2
+    # without a tiebreak the all-tied prompt is dropped too
+    assert select_pairs(judged)[1]["dropped_tie"] == 3
+
+
+def test_length_control_picks_the_shortest_near_the_best():
+    judged = [scored("a", 0, 5.0, response="x" * 300), scored("a", 1, 4.6, response="x" * 40),
+              scored("a", 2, 4.0, response="x" * 10), scored("a", 3, 1.0, response="x" * 20)]
+    pairs, counts = select_pairs(judged, length_margin=0.5)
+    assert pairs[0]["chosen_id"] == "a-c1" and pairs[0]["rejected_id"] == "a-c3"
+    assert counts["length_controlled"] == 1
+    assert select_pairs(judged)[0][0]["chosen_id"] == "a-c0"
+    # the margin never lets the rejected candidate (or one tied with it) become chosen
+    tight = [scored("b", 0, 2.0, response="x" * 90), scored("b", 1, 1.8, response="x")]
+    assert select_pairs(tight, length_margin=5.0)[0][0]["chosen_id"] == "b-c0"
+
+
+def test_consistency_measures():
+    from srlm.pairing import consistency
+
+    cur = {"c0": 4.0, "c1": 3.0, "c2": 2.0, "c3": 1.0}
+    assert consistency(cur, dict(cur)) == 1.0
+    assert consistency(cur, {k: -v for k, v in cur.items()}) == 0.0
+    # one discordant pair of 6: tau = (5 - 1) / 6, C = (tau + 1) / 2 = 5/6
+    swapped = cur | {"c2": 0.5, "c3": 1.5}
+    assert abs(consistency(cur, swapped) - 5 / 6) < 1e-9
+    # spearman: d^2 sum = 2 -> rho = 1 - 6*2/(4*15) = 0.8 -> C = 0.9
+    assert abs(consistency(cur, swapped, "spearman") - 0.9) < 1e-9
+    assert consistency(cur, {k: 1.0 for k in cur}) == 0.5          # previous model ties everything
+    assert consistency(cur, {"c0": 1.0}) is None                    # fewer than two aligned
+    assert consistency(cur, swapped, "top_bottom", ("c0", "c3")) == 1.0
+    assert consistency(cur, swapped, "top_bottom", ("c2", "c1")) == 0.0
+    assert consistency(cur, {"c0": 2.0, "c3": 2.0}, "top_bottom", ("c0", "c3")) == 0.5
+
+
+def test_consistency_is_aligned_by_candidate_id_not_position():
+    from srlm.pairing import attach_consistency
+
+    cur = [scored("a", j, s) for j, s in enumerate([4.0, 3.0, 2.0])] + \
+          [scored("b", j, s) for j, s in enumerate([1.0, 2.0, 3.0])]
+    # the previous model skipped prompt "a" entirely and its file is in another order
+    prev = [scored("b", 2, 3.0), scored("b", 0, 1.0), scored("b", 1, 2.0)]
+    pairs, _ = select_pairs(cur)
+    out, counts = attach_consistency(pairs, cur, prev, "kendall")
+    by_id = {p["id"]: p["consistency"] for p in out}
+    assert by_id["b"] == 1.0                 # b's own ranking agrees perfectly
+    assert by_id["a"] == 1.0                 # a has no previous scores: the mean of the others
+    assert counts["consistency_missing"] == 1
+    prev_reversed = [scored("b", 2, 1.0), scored("b", 0, 3.0), scored("b", 1, 2.0)]
+    out, _ = attach_consistency(pairs, cur, prev_reversed + [scored("a", 0, 4.0), scored("a", 2, 2.0)], "kendall")
+    assert {p["id"]: p["consistency"] for p in out} == {"a": 1.0, "b": 0.0}

@@ -1,6 +1,7 @@
 """`dvc repro` of the whole DAG on the tiny model, then the caching behaviour users rely on."""
 import json
 import re
+import sys
 
 import pytest
 
@@ -8,8 +9,11 @@ from e2e_project import dvc, make_project, run
 
 pytestmark = pytest.mark.e2e
 
+MODELS = ["sft_baseline", "m3"]
 ALL_STAGES = ["prepare_model", "prepare_seed", "sft_baseline", "build_eft", "sft"] + \
-    [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "pairs", "dpo")]
+    [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")] + \
+    [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer")] + \
+    ["head_to_head@m3_vs_sft_baseline", "report"]
 
 
 def ran(output: str) -> set[str]:
@@ -36,8 +40,26 @@ def test_repro_runs_every_stage_and_produces_m3(project):
         prompts = (d / f"data/it{t}/prompts.jsonl").read_text().splitlines()
         assert len(prompts) == 3
     shown = dvc(["metrics", "show", "--json"], d).stdout
-    assert "parse_rate" in shown and "train_loss" in shown
+    assert "parse_rate" in shown and "train_loss" in shown and "expected_pairwise_accuracy" in shown
     assert (d / "mlflow.db").is_file()
+
+
+def test_report_is_built_from_the_stage_outputs(project):
+    d, _ = project
+    report = (d / "reports/report.md").read_text()
+    for m in MODELS:
+        judge = json.loads((d / f"data/eval/{m}/metrics/judge.json").read_text())
+        assert judge["sampled_pairs"] == judge["expected_pairs"] > 0
+        row = next(line for line in report.splitlines() if line.startswith(f"| {m} |"))
+        acc = judge["expected_pairwise_accuracy"]
+        assert f"{100 * acc:.1f}" in row          # the Table-2 row shows the stage's number
+        alpaca = json.loads((d / f"data/eval/{m}/alpaca_eval.json").read_text())
+        assert len(alpaca) == 3 and set(alpaca[0]) == {"instruction", "output", "generator"}
+    h2h = json.loads((d / "data/eval/head_to_head/m3_vs_sft_baseline/metrics.json").read_text())
+    assert h2h["win"] + h2h["tie"] + h2h["loss"] == h2h["n"] == 3
+    assert "| m3 vs sft_baseline |" in report
+    assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
+    assert "iteration" in (d / "reports/plots/iterations.csv").read_text()
 
 
 def test_second_repro_is_a_no_op(project):
@@ -47,11 +69,47 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in dvc(["status"], d).stdout
 
 
-def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
-    d, _ = project
+def commit(d):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], d)
-    exp = dvc(["exp", "run", "-S", "judge.samples=2"], d)
-    assert ran(exp.stdout) == {"judge@1", "pairs@1", "dpo@1", "sample@2", "judge@2", "pairs@2", "dpo@2"}
+
+
+def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
+    d, _ = project
+    commit(d)
+    # Tracking is off from here on: these runs check what DVC reruns, and MLflow costs seconds per stage.
+    exp = dvc(["exp", "run", "-n", "samples2", "-S", "judge.samples=2"], d, SRLM_TRACKING="off")
+    assert ran(exp.stdout) == {"judge@1", "judge_prev@1", "pairs@1", "dpo@1", "sample@2", "judge@2",
+                               "judge_prev@2", "pairs@2", "dpo@2", "answer@m3", "report",
+                               "head_to_head@m3_vs_sft_baseline"} | {f"eval_judge@{m}" for m in MODELS}
     show = dvc(["exp", "show", "--csv"], d).stdout
     assert "judge.samples" in show
+
+
+def test_cream_reuses_the_generation_stages(project):
+    d, _ = project
+    # The workspace holds the judge.samples=2 experiment; CREAM on top of it must not resample or rejudge
+    # iteration 1, only add the previous model's judgments and retrain.
+    exp = dvc(["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"], d, SRLM_TRACKING="off")
+    assert ran(exp.stdout) == {"judge_prev@1", "pairs@1", "dpo@1", "sample@2", "judge@2", "judge_prev@2",
+                               "pairs@2", "dpo@2", "eval_judge@m3", "answer@m3", "head_to_head@m3_vs_sft_baseline",
+                               "report"}
+    for t, prev in ((1, "sft_baseline"), (2, "m1")):
+        pairs = [json.loads(line) for line in (d / f"data/it{t}/pairs.jsonl").read_text().splitlines()]
+        assert pairs and all(0 <= p["consistency"] <= 1 for p in pairs)
+        judged_prev = json.loads((d / f"data/it{t}/metrics/judge_prev.json").read_text())
+        assert judged_prev["model"] == prev and judged_prev["candidates"] == 12
+        dpo = json.loads((d / f"data/it{t}/metrics/dpo.json").read_text())
+        assert dpo["consistency_mean"] == pytest.approx(sum(p["consistency"] for p in pairs) / len(pairs))
+    report = (d / "reports/report.md").read_text()
+    assert "(CREAM)" in report and "consistency C" in report
+    compared = run([sys.executable, "-m", "srlm.report", "compare", "samples2", "cream"], d).stdout
+    assert "| method | srlm | cream |" in compared and (d / "reports/compare.md").is_file()
+    # switching the consistency measure starts the rerun at pairs (dpo and the rest follow from its new
+    # outputs), never at the judging
+    params = d / "params.yaml"
+    before = params.read_text()
+    params.write_text(before.replace("consistency: kendall", "consistency: spearman"))
+    dry = dvc(["repro", "--dry"], d)
+    params.write_text(before)
+    assert ran(dry.stdout) == {"pairs@1", "pairs@2"}

@@ -1,0 +1,35 @@
+"""answer@<model>: the model's response to each held-out prompt (greedy unless
+evaluation.temperature > 0), also exported in AlpacaEval's model_outputs format."""
+import json
+
+from srlm import seed, stage
+from srlm.config import section_dict
+from srlm.evaluation import answer_prompts
+from srlm.generation import SamplingParams, make_generator
+from srlm.io import atomic_write_text, write_jsonl
+from srlm.tracking import stage_run, write_metrics
+
+PROMPTS = "data/seed/ift_eval.jsonl"
+
+
+def run(params, model):
+    ev, gen = params.evaluation, params.generation
+    out = stage.eval_dir(model)
+    tracked = {"model": model, "evaluation": {k: getattr(ev, k) for k in ("prompts", "temperature", "top_p",
+                                                                           "max_new_tokens")},
+               "generation": section_dict(gen), "seed": params.seed}
+    with stage_run("answer", tracked):
+        prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, params.seed)
+        generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
+                                   params.model.trust_remote_code)
+        sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+                                  seed=params.seed + 202)
+        rows, metrics = answer_prompts(generator, prompts, sampling, model)
+        write_jsonl(out / "responses.jsonl", rows)
+        alpaca = [{"instruction": r["instruction"], "output": r["output"], "generator": model} for r in rows]
+        atomic_write_text(out / "alpaca_eval.json", json.dumps(alpaca, ensure_ascii=False, indent=1) + "\n")
+        write_metrics(out / "metrics" / "answer.json", metrics | {"model": model})
+
+
+if __name__ == "__main__":
+    stage.main(run, needs="model")

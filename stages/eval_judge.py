@@ -1,0 +1,30 @@
+"""eval_judge@<model>: the model judges every response of the held-out ranked sets; agreement with
+the human ranks (pairwise accuracy, 5-best, exact match, Spearman, Kendall) for both readouts."""
+from srlm import seed, stage
+from srlm.config import section_dict
+from srlm.evaluation import judge_ranked_sets
+from srlm.generation import SamplingParams, make_generator
+from srlm.io import write_jsonl
+from srlm.tracking import stage_run, write_metrics
+
+RANKED = "data/seed/ranked_eval.jsonl"
+
+
+def run(params, model):
+    cfg, ev, gen = params.judge, params.evaluation, params.generation
+    out = stage.eval_dir(model)
+    with stage_run("eval_judge", {"model": model, "judge": section_dict(cfg), "evaluation.ranked_sets": ev.ranked_sets,
+                                  "generation": section_dict(gen), "seed": params.seed}):
+        sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, params.seed)
+        generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
+                                   params.model.trust_remote_code)
+        # The same seed for every model: differences come from the models, not the draws.
+        sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + 101)
+        rows, metrics = judge_ranked_sets(generator, sets, sampling, cfg.scoring)
+        write_jsonl(out / "ranked_judgments.jsonl", rows)
+        write_metrics(out / "metrics" / "judge.json", metrics | {"model": model})
+
+
+if __name__ == "__main__":
+    stage.main(run, needs="model")

@@ -1,0 +1,34 @@
+"""judge_prev@t (CREAM): the previous model M_{t-1} scores the same candidates M_t judged, so
+that pairs@t can measure how consistent the two rankings are. With method=srlm it writes an
+empty file and does no work."""
+from srlm import stage
+from srlm.config import section_dict
+from srlm.io import read_jsonl, write_jsonl
+from srlm.tracking import stage_run, write_metrics
+
+
+def run(params, key, it):
+    cfg, gen = params.judge, params.generation
+    d = stage.iteration_dir(key)
+    with stage_run("judge_prev", {"method": params.method, "judge": section_dict(cfg),
+                                  "generation": section_dict(gen), "seed": params.seed}, iteration=key):
+        if params.method != "cream":
+            write_jsonl(d / "judgments_prev.jsonl", [])
+            write_metrics(d / "metrics" / "judge_prev.json", {"method": params.method, "candidates": 0})
+            return
+        # Imported only here: under method=srlm this stage should not pay for loading torch.
+        from srlm.generation import SamplingParams, make_generator
+        from srlm.judging import CANDIDATE, judge_candidates
+
+        cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
+        generator = make_generator(gen.backend, stage.model_path(it["prev"]), gen.batch_size, gen.dtype,
+                                   params.model.trust_remote_code)
+        sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + 37 * int(key))
+        rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring, desc=f"judge by {it['prev']}")
+        write_jsonl(d / "judgments_prev.jsonl", rows)
+        write_metrics(d / "metrics" / "judge_prev.json", metrics | {"method": params.method, "model": it["prev"]})
+
+
+if __name__ == "__main__":
+    stage.main(run, needs_iteration=True)

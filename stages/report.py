@@ -1,0 +1,15 @@
+"""report: reports/report.md with the paper's Table 2 and Figure 3 for every model, what each
+iteration did, and the figures; CSV tables in reports/plots/ for `dvc plots`."""
+from srlm import stage
+from srlm.report import write_report
+from srlm.tracking import log_artifact, stage_run
+
+
+def run(params):
+    with stage_run("report", {"method": params.method, "judge.scoring": params.judge.scoring}):
+        write_report(params)
+        log_artifact("reports/report.md")
+
+
+if __name__ == "__main__":
+    stage.main(run)

@@ -245,7 +245,32 @@ def parse_params(data: dict) -> Params:
     params = _build(Params, data or {}, "")
     _check_iterations(params.iterations)
     _check_evaluation(params.evaluation, params.iterations)
+    _check_paths(params)
     return params
+
+
+def _check_paths(params: Params) -> None:
+    """Relative paths from params stay inside the project: `../../x` is refused. An absolute
+    path is an explicit request and is taken as is. Model names become directories under
+    models/, so they must be names of this pipeline's models."""
+    for key in ("ift_path", "ranked_path", "gold_path", "oasst_dataset"):
+        value = getattr(params.seed_data, key)
+        _inside(value, f"seed_data.{key}")
+    _inside(params.model.base, "model.base")
+    known = model_names(params.iterations)
+    if params.gen_prompts.model not in known:
+        raise ConfigError(f"params.yaml: gen_prompts.model = {params.gen_prompts.model!r} is not a model of this "
+                          f"pipeline; models: {', '.join(known)}")
+
+
+def _inside(value: str, where: str) -> None:
+    if not value or Path(value).is_absolute():
+        return
+    if ".." in Path(value).parts:
+        resolved = (Path.cwd() / value).resolve()
+        if not resolved.is_relative_to(Path.cwd().resolve()):
+            raise ConfigError(f"params.yaml: {where} = {value!r} points outside the project directory; "
+                              f"use an absolute path if that is what you mean")
 
 
 def _check_iterations(its: dict) -> None:

@@ -221,6 +221,14 @@ def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: lis
     return {"lc_win_rate": float(np.clip(a, 0.0, 1.0)), "length_slope": float(b), "n": n}
 
 
+def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> float:
+    """`longer_wins_rate` over every pair of (score, length) items within the same group
+    (the candidates of one prompt, the responses of one ranked set)."""
+    pairs = [(a[0], b[0], a[1], b[1]) for g in groups for a, b in combinations(g, 2)
+             if not _missing(a[0]) and not _missing(b[0])]
+    return longer_wins_rate(pairs)
+
+
 # --- Running the evaluations (models in, rows and metrics out) -------------------------------
 
 def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tuple[list[dict], dict]:
@@ -245,6 +253,8 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
         metrics |= {f"{readout}_{k}": v for k, v in reward_model_metrics(by_set).items()}
         metrics |= {f"{readout}_{k}": v for k, v in
                     length_bias([r[key] for r in rows], [len(r["response"]) for r in rows]).items()}
+        metrics[f"{readout}_longer_wins_rate"] = longer_wins_within_groups(
+            [[(r[key], len(r["response"])) for r in rows if r["set_id"] == s["id"]] for s in sets])
         metrics |= {f"{readout}_{k}": v for k, v in score_histogram([r[key] for r in rows]).items()}
     return rows, metrics
 

@@ -76,7 +76,7 @@ def tables(c: dict, scoring: str) -> dict[str, list[dict]]:
         row = {"model": m, "mean_chars": a.get("mean_chars"), "parse_rate": j.get("parse_rate")}
         for readout in ("sampled", "expected"):
             for k in ("pairwise_accuracy", "pairwise_tie_rate", "five_best", "exact_match", "spearman", "kendall",
-                      "score_length_spearman"):
+                      "score_length_spearman", "longer_wins_rate"):
                 row[f"{readout}_{k}"] = j.get(f"{readout}_{k}")
         models.append(row)
     iterations = []
@@ -118,12 +118,13 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
     out += ["", "### Sampled vs expected score, and length bias", "",
             "The same judgments read two ways: the parsed `Score: N` (sampled, the paper) and Σ p(n)·n after "
             "`Score:` (expected). Length ρ: Spearman correlation between a response's score and its length "
-            "(a judge that rewards length shows ρ > 0).", ""]
-    out.append(_table(["model", "sampled: pairwise acc %", "tie %", "length ρ",
-                       "expected: pairwise acc %", "tie %", "length ρ"],
-                      [[r["model"], _f(r["sampled_pairwise_accuracy"], True), _f(r["sampled_pairwise_tie_rate"], True),
-                        _f(r["sampled_score_length_spearman"]), _f(r["expected_pairwise_accuracy"], True),
-                        _f(r["expected_pairwise_tie_rate"], True), _f(r["expected_score_length_spearman"])]
+            "(a judge that rewards length shows ρ > 0); longer wins: of two responses to the same instruction "
+            "with different scores and lengths, how often the longer one scored higher.", ""]
+    out.append(_table(["model", "sampled: pairwise acc %", "tie %", "length ρ", "longer wins %",
+                       "expected: pairwise acc %", "tie %", "length ρ", "longer wins %"],
+                      [[r["model"]] + [_f(r[f"{ro}_{k}"], pct) for ro in ("sampled", "expected")
+                                       for k, pct in (("pairwise_accuracy", True), ("pairwise_tie_rate", True),
+                                                      ("score_length_spearman", False), ("longer_wins_rate", True))]
                        for r in t["models"]]))
     out += ["", "## Instruction following, head to head (the paper's Figure 3)", "",
             f"Judge: `{params.evaluation.judge}`, verdict readout `{params.evaluation.verdict}`, each pair of "

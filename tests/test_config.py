@@ -35,6 +35,9 @@ def test_shipped_params_parse_with_paper_defaults():
     ({"evaluation": {"matchups": {"x": {"a": "m1"}}}}, "exactly the keys a and b"),
     ({"evaluation": {"models": "m1"}}, "should be a list of names"),
     ({"evaluation": {"prompts": -1}}, "must be >= 0"),
+    ({"seed_data": {"ift_path": "../../etc/passwd"}}, "seed_data.ift_path = '../../etc/passwd' points outside"),
+    ({"model": {"base": "../other-project/model"}}, "model.base = '../other-project/model' points outside"),
+    ({"gen_prompts": {"model": "../m0"}}, "gen_prompts.model = '../m0' is not a model"),
 ])
 def test_bad_params_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=None) as e:
@@ -54,3 +57,9 @@ def test_overrides_keep_other_defaults(tmp_path):
     f.write_text(yaml.safe_dump({"judge": {"samples": 5}}))
     p = load_params(f)
     assert p.judge.samples == 5 and p.judge.temperature == 0.7
+
+
+def test_paths_inside_the_project_or_absolute_are_accepted():
+    p = parse_params({"seed_data": {"ift_path": "data/mine/../mine/ift.jsonl", "ranked_path": "/abs/ranked.jsonl"},
+                      "model": {"base": "HuggingFaceTB/SmolLM2-135M-Instruct"}})
+    assert p.seed_data.ranked_path == "/abs/ranked.jsonl"

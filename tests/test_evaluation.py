@@ -263,3 +263,15 @@ def test_length_controlled_win_rate_is_clipped():
     # y rises steeply with d and d is all positive: the intercept falls below 0 -> clipped to 0.
     r = length_controlled_win_rate(["loss", "tie", "win"], [110, 120, 130], [100, 100, 100])
     assert r["lc_win_rate"] == 0.0 and r["length_slope"] > 0
+
+
+def test_longer_wins_within_groups_never_pairs_across_groups():
+    from srlm.evaluation import longer_wins_within_groups
+
+    # group 1: the longer one scores higher (1 of 1); group 2: the shorter wins twice, a tie and a
+    # missing score are skipped -> 1 / 3. Across groups (5.0 vs 1.0) would have counted otherwise.
+    groups = [[(5.0, 100), (1.0, 10)],
+              [(4.0, 10), (2.0, 50), (2.0, 60), (None, 999)]]
+    # group 2 pairs: (4,10)-(2,50): shorter wins; (4,10)-(2,60): shorter wins; (2,50)-(2,60): tie, skipped
+    assert longer_wins_within_groups(groups) == pytest.approx(1 / 3)
+    assert math.isnan(longer_wins_within_groups([[(3.0, 10)], [(1.0, 20)]]))

@@ -41,8 +41,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict, iteration: str | None = None):
-    """An MLflow run around one stage execution; yields the run (or None if tracking is off)."""
+def stage_run(stage: str, params: dict, iteration: str | None = None, instance: str | None = None):
+    """An MLflow run around one stage execution, named like the DVC stage (`judge@1`,
+    `eval_judge@m3`); yields the run (or None if tracking is off)."""
     if os.environ.get("SRLM_TRACKING", "on") == "off":
         yield None
         return
@@ -51,7 +52,8 @@ def stage_run(stage: str, params: dict, iteration: str | None = None):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     mlflow.set_experiment(EXPERIMENT)
-    name = stage if iteration is None else f"{stage}@{iteration}"
+    key = iteration if iteration is not None else instance
+    name = stage if key is None else f"{stage}@{key}"
     tags = {"stage": stage, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}
     if iteration is not None:
         tags["iteration"] = str(iteration)

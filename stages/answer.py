@@ -18,7 +18,7 @@ def run(params, model):
     tracked = {"model": model, "evaluation": {k: getattr(ev, k) for k in ("prompts", "temperature", "top_p",
                                                                            "max_new_tokens")},
                "generation": section_dict(gen), "seed": params.seed}
-    with stage_run("answer", tracked):
+    with stage_run("answer", tracked, instance=model):
         prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, params.seed)
         generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
                                    params.model.trust_remote_code)

@@ -14,7 +14,8 @@ def run(params, model):
     cfg, ev, gen = params.judge, params.evaluation, params.generation
     out = stage.eval_dir(model)
     with stage_run("eval_judge", {"model": model, "judge": section_dict(cfg), "evaluation.ranked_sets": ev.ranked_sets,
-                                  "generation": section_dict(gen), "seed": params.seed}):
+                                  "generation": section_dict(gen), "seed": params.seed},
+                   instance=model):
         sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, params.seed)
         generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
                                    params.model.trust_remote_code)

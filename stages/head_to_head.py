@@ -17,7 +17,7 @@ def run(params, name, matchup):
     tracked = {"matchup": matchup, "evaluation": {k: getattr(ev, k) for k in ("judge", "verdict", "temperature",
                                                                                "verdict_max_new_tokens")},
                "generation": section_dict(gen), "seed": params.seed}
-    with stage_run("head_to_head", tracked):
+    with stage_run("head_to_head", tracked, instance=name):
         x = read_jsonl(stage.eval_dir(matchup["a"]) / "responses.jsonl", RESPONSES)
         y = read_jsonl(stage.eval_dir(matchup["b"]) / "responses.jsonl", RESPONSES)
         generator = make_generator(gen.backend, stage.model_path(ev.judge), gen.batch_size, gen.dtype,

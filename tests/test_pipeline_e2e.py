@@ -69,9 +69,26 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in dvc(["status"], d).stdout
 
 
+
+
 def commit(d):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], d)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "--allow-empty", "-qm", "run"], d)
+
+
+def test_a_teammate_pulls_the_run_from_a_shared_remote(project, tmp_path):
+    d, _ = project
+    dvc(["remote", "add", "-d", "shared", str(tmp_path / "remote")], d)
+    dvc(["push"], d)
+    commit(d)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(d), str(clone)], tmp_path)
+    assert not (clone / "models/m3").exists()
+    dvc(["pull"], clone)
+    for f in ("models/m3/model.safetensors", "data/it2/pairs.jsonl", "data/eval/m3/responses.jsonl"):
+        assert (clone / f).read_bytes() == (d / f).read_bytes()
+    status = dvc(["status"], clone).stdout
+    assert "up to date" in status, status
 
 
 def test_changing_judge_samples_reruns_only_judge_and_downstream(project):

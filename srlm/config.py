@@ -149,7 +149,8 @@ class EvaluationConfig:
     judge: str = "m1"          # the head-to-head judge: a model directory under models/
     # sampled: the judge writes a verdict ending in `Winner: A|B`. probability: compare
     # p(A) and p(B) right after `Winner:` (always decides; order bias shows up as ties).
-    verdict: Literal["sampled", "probability"] = "sampled"
+    # calibrated: p(A) averaged over both orders, so a constant position bias cancels out.
+    verdict: Literal["sampled", "probability", "calibrated"] = "sampled"
     verdict_max_new_tokens: int = 256
     matchups: dict = field(default_factory=dict)  # name: {a: model, b: model}
 

@@ -277,6 +277,14 @@ def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple
     return rows, metrics
 
 
+def calibrated_outcome(p_a_ab: float, p_a_ba: float) -> str:
+    """X's outcome from p(A) with X shown first (`p_a_ab`) and with Y shown first (`p_a_ba`):
+    p(X better) = (p_a_ab + 1 - p_a_ba) / 2 averages out a constant preference for a position
+    (balanced position calibration); X wins above ½, loses below, ties at exactly ½."""
+    p = (p_a_ab + 1 - p_a_ba) / 2
+    return "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
+
+
 def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, sampling) -> tuple[list[dict], dict]:
     """Model X's and Y's responses to the same prompts, aligned by id, compared by the judge in
     both orders; a verdict that changes with the order is a tie (the paper's Figure 3)."""
@@ -293,7 +301,8 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     out = []
     for (x, y), v in zip(pairs, verdicts):
         out.append({"id": x["id"], "instruction": x["instruction"], "output_x": x["output"], "output_y": y["output"],
-                    **v, "outcome": combine_orders(v["ab"], v["ba"])})
+                    **v, "outcome": calibrated_outcome(v["p_a_ab"], v["p_a_ba"]) if mode == "calibrated"
+                    else combine_orders(v["ab"], v["ba"])})
     outcomes = [r["outcome"] for r in out]
     len_x = [len(r["output_x"]) for r in out]
     len_y = [len(r["output_y"]) for r in out]

@@ -193,7 +193,8 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
 def pairwise_verdicts(generator, items: list[tuple[str, str, str]], mode: str, sampling) -> list[dict]:
     """For each (instruction, x, y), the judge's verdict with x shown as A (`ab`) and with the
     order swapped (`ba`). mode="sampled": the judge writes its reasoning and `Winner: A|B`.
-    mode="probability": p(A) vs p(B) as the next token after `Winner:`, read by teacher forcing."""
+    mode="probability" (or "calibrated"): p(A) vs p(B) as the next token after `Winner:`, read by
+    teacher forcing; `p_a_ab` and `p_a_ba` keep p(A) / (p(A) + p(B)) of both orders."""
     from .evaluation import parse_verdict
     from .generation import chat_prompt
     from .prompts import pairwise_prompt

@@ -95,7 +95,8 @@ def tables(c: dict, scoring: str) -> dict[str, list[dict]]:
             **{f"score_{n}": j.get(f"candidate_score_{n}", 0) for n in range(6)}})
     h2h = [{"matchup": n, "a": v["a"], "b": v["b"], "win": v["win_rate"], "tie": v["tie_rate"], "loss": v["loss_rate"],
             "win_rate": v["win_rate_ties_half"], "lc_win_rate": v["lc_win_rate"], "n": v["n"],
-            "chars_a": v.get("mean_chars_x"), "chars_b": v.get("mean_chars_y")} for n, v in c["head_to_head"].items()]
+            "chars_a": v.get("mean_chars_x"), "chars_b": v.get("mean_chars_y"),
+            "first_position": v.get("verdicts_first_position")} for n, v in c["head_to_head"].items()]
     return {"models": models, "iterations": iterations, "head_to_head": h2h}
 
 
@@ -128,13 +129,19 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                        for r in t["models"]]))
     out += ["", "## Instruction following, head to head (the paper's Figure 3)", "",
             f"Judge: `{params.evaluation.judge}`, verdict readout `{params.evaluation.verdict}`, each pair of "
-            "responses judged in both orders; a verdict that flips with the order is a tie. Win rate counts a "
-            "tie as half. LC: the win rate at zero length difference, from a least-squares line of the outcome "
-            "(win 1, tie ½, loss 0) on the length difference.", ""]
-    out.append(_table(["a vs b", "win %", "tie %", "loss %", "win rate %", "LC win rate %", "chars a", "chars b", "n"],
+            "responses judged in both orders; a verdict that flips with the order is a tie (with `calibrated`, "
+            "p(A) is averaged over both orders instead). Win rate counts a tie as half. LC: the win rate at zero "
+            "length difference, from a least-squares line of the outcome (win 1, tie ½, loss 0) on the length "
+            "difference.", ""]
+    out.append(_table(["a vs b", "win %", "tie %", "loss %", "win rate %", "LC win rate %", "chars a", "chars b", "n",
+                       "verdicts for position A %"],
                       [[f"{r['a']} vs {r['b']}", _f(r["win"], True), _f(r["tie"], True), _f(r["loss"], True),
                         _f(r["win_rate"], True), _f(r["lc_win_rate"], True), _f(r["chars_a"], digits=0),
-                        _f(r["chars_b"], digits=0), str(r["n"])] for r in t["head_to_head"]]))
+                        _f(r["chars_b"], digits=0), str(r["n"]), _f(r["first_position"], True)]
+                       for r in t["head_to_head"]]))
+    out += ["", "An unbiased judge gives position A about half of its verdicts; near 100 % (or 0 %) means the "
+            "verdicts follow the position, and the two-order rule turns them into ties "
+            "(`evaluation.verdict: calibrated` averages p(A) over both orders instead)."]
     out += ["", "Mean response length on the held-out prompts (the paper: 1092 → 1552 → 2552 characters):", ""]
     out.append(_table(["model"] + [r["model"] for r in t["models"]],
                       [["chars"] + [_f(r["mean_chars"], digits=0) for r in t["models"]]]))

@@ -83,3 +83,22 @@ def test_unparsable_verdicts_are_ties_and_counted():
 def test_response_files_for_different_prompts_are_refused():
     with pytest.raises(ValueError, match="different prompts"):
         head_to_head(StubJudge(lambda a, b: "A"), X, Y[:2], "sampled", SAMPLING)
+
+
+def test_calibration_recovers_a_preference_hidden_under_a_position_bias():
+    class Biased(StubJudge):
+        """Always more likely to say A (position bias), a little more so when A is the good one."""
+
+        def next_token_probs(self, prompts, continuations, token_ids, desc=""):
+            out = []
+            for p in prompts:
+                a, b = shown(p)
+                pa = 0.8 + 0.1 * a.startswith("good") - 0.1 * b.startswith("good")
+                out.append(torch.tensor([[pa, 1 - pa]]))
+            return out
+
+    rows, _ = head_to_head(Biased(None), X, Y, "probability", SAMPLING)
+    assert [r["outcome"] for r in rows] == ["tie", "tie", "tie"]          # A both times: ties
+    rows, m = head_to_head(Biased(None), X, Y, "calibrated", SAMPLING)
+    assert [r["outcome"] for r in rows] == ["win", "loss", "tie"]
+    assert rows[0]["p_a_ab"] == pytest.approx(0.9) and rows[0]["p_a_ba"] == pytest.approx(0.7)

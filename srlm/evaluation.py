@@ -134,9 +134,11 @@ def score_histogram(scores: list[float | None]) -> dict:
     return {**hist, "unscored": unscored}
 
 
-def length_bias(scores: list[float | None], lengths: list[int]) -> dict:
+def length_bias(scores: list[float | None], lengths: list[int], groups: list[str] | None = None) -> dict:
     """Spearman correlation between score and response length over the scored items; NaN with fewer
-    than 3 scored items or when scores or lengths are constant."""
+    than 3 scored items or when scores or lengths are constant. With `groups` (each item's group:
+    the prompt of a candidate, the ranked set of a response), also `longer_wins_rate` over the
+    pairs of items within a group."""
     if len(scores) != len(lengths):
         raise ValueError(f"{len(scores)} scores but {len(lengths)} lengths")
     kept = [(float(s), n) for s, n in zip(scores, lengths) if not _missing(s)]
@@ -147,7 +149,13 @@ def length_bias(scores: list[float | None], lengths: list[int]) -> dict:
             from scipy import stats
 
             rho = float(stats.spearmanr(x, y).statistic)
-    return {"score_length_spearman": rho}
+    out = {"score_length_spearman": rho}
+    if groups is not None:
+        by_group: dict[str, list] = {}
+        for g, s, n in zip(groups, scores, lengths):
+            by_group.setdefault(g, []).append((s, n))
+        out["longer_wins_rate"] = longer_wins_within_groups(list(by_group.values()))
+    return out
 
 
 def longer_wins_rate(pairs: list[tuple[float, float, int, int]]) -> float:
@@ -246,16 +254,15 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
                          "response": r["text"], **res, **candidate_scores(res, scoring)})
     metrics = {"scoring": scoring} | judge_metrics([x for r in rows for x in r["statuses"]],
                                                    [x for r in rows for x in r["scores"]])
+    set_rows = [[r for r in rows if r["set_id"] == s["id"]] for s in sets]
+    lengths, set_ids = [len(r["response"]) for r in rows], [r["set_id"] for r in rows]
     for readout in ("sampled", "expected"):
         key = f"{readout}_score"
-        by_set = [{"id": s["id"], "ranks": [r["rank"] for r in rows if r["set_id"] == s["id"]],
-                   "scores": [r[key] for r in rows if r["set_id"] == s["id"]]} for s in sets]
-        metrics |= {f"{readout}_{k}": v for k, v in reward_model_metrics(by_set).items()}
-        metrics |= {f"{readout}_{k}": v for k, v in
-                    length_bias([r[key] for r in rows], [len(r["response"]) for r in rows]).items()}
-        metrics[f"{readout}_longer_wins_rate"] = longer_wins_within_groups(
-            [[(r[key], len(r["response"])) for r in rows if r["set_id"] == s["id"]] for s in sets])
-        metrics |= {f"{readout}_{k}": v for k, v in score_histogram([r[key] for r in rows]).items()}
+        by_set = [{"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
+                  for s, rs in zip(sets, set_rows)]
+        scores = [r[key] for r in rows]
+        for part in (reward_model_metrics(by_set), length_bias(scores, lengths, set_ids), score_histogram(scores)):
+            metrics |= {f"{readout}_{k}": v for k, v in part.items()}
     return rows, metrics
 
 
@@ -270,9 +277,9 @@ def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple
              "num_tokens": o[0].num_tokens, "finish_reason": o[0].finish_reason} for p, o in zip(prompts, outs)]
     n = len(rows)
     metrics = {"responses": n,
-               "mean_chars": sum(len(r["output"]) for r in rows) / n if n else NAN,
-               "mean_tokens": sum(r["num_tokens"] for r in rows) / n if n else NAN,
-               "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / n if n else NAN,
+               "mean_chars": _ratio(sum(len(r["output"]) for r in rows), n),
+               "mean_tokens": _ratio(sum(r["num_tokens"] for r in rows), n),
+               "truncated_rate": _ratio(sum(r["finish_reason"] == "length" for r in rows), n),
                "empty_responses": sum(not r["output"] for r in rows)}
     return rows, metrics
 
@@ -308,8 +315,8 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     len_y = [len(r["output_y"]) for r in out]
     metrics = head_to_head_summary(outcomes) | length_controlled_win_rate(outcomes, len_x, len_y)
     order = [v["ab"] for v in verdicts] + [v["ba"] for v in verdicts]
-    metrics |= {"verdicts_first_position": sum(o == "A" for o in order) / len(order) if order else NAN,
+    metrics |= {"verdicts_first_position": _ratio(sum(o == "A" for o in order), len(order)),
                 "verdicts_unparsed": sum(o is None for o in order),
-                "mean_chars_x": sum(len_x) / len(len_x) if len_x else NAN,
-                "mean_chars_y": sum(len_y) / len(len_y) if len_y else NAN}
+                "mean_chars_x": _ratio(sum(len_x), len(len_x)),
+                "mean_chars_y": _ratio(sum(len_y), len(len_y))}
     return out, metrics

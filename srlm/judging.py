@@ -169,7 +169,7 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
     """Judge candidate rows ({prompt_id, candidate_id, prompt, response}) with both readouts.
     Returns the rows with their judgments and scores, and the judge's metrics, bias monitor
     included (how the score follows the response's length)."""
-    from .evaluation import length_bias, longer_wins_within_groups, score_histogram
+    from .evaluation import length_bias, score_histogram
 
     judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc)
     rows = [{"prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "prompt": c["prompt"],
@@ -181,11 +181,7 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
     for key in ("sampled_score", "expected_score"):
         vals = [r[key] for r in rows if r[key] is not None]
         metrics[f"{key}_mean"] = sum(vals) / len(vals) if vals else float("nan")
-    metrics |= length_bias(scores, [len(r["response"]) for r in rows])
-    by_prompt: dict[str, list] = {}
-    for r in rows:
-        by_prompt.setdefault(r["prompt_id"], []).append((r["score"], len(r["response"])))
-    metrics["longer_wins_rate"] = longer_wins_within_groups(list(by_prompt.values()))
+    metrics |= length_bias(scores, [len(r["response"]) for r in rows], [r["prompt_id"] for r in rows])
     metrics |= {f"candidate_{k}": v for k, v in score_histogram(scores).items()}
     return rows, metrics
 

@@ -70,5 +70,3 @@ def eval_dir(model: str) -> Path:
 
 def matchup_dir(name: str) -> Path:
     return Path("data") / "eval" / "head_to_head" / name
-
-

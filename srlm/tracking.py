@@ -118,6 +118,4 @@ def write_metrics(path: str | Path, metrics: dict) -> None:
     MLflow. An undefined value (NaN, e.g. a correlation over constant scores) is written as null."""
     metrics = _no_nan(metrics)
     write_json(path, metrics)
-    flat = {k: v for k, v in _flatten(metrics).items() if v is not None}
-    with contextlib.suppress(ImportError):
-        log_metrics(flat)
+    log_metrics({k: v for k, v in _flatten(metrics).items() if v is not None})

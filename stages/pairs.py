@@ -7,11 +7,9 @@ from srlm import stage
 from srlm.config import section_dict
 from srlm.evaluation import longer_wins_rate
 from srlm.io import DataError, read_jsonl, write_jsonl
+from srlm.judging import CANDIDATE
 from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
-
-JUDGED = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}
-
 
 def _check_scores(rows, path):
     for i, r in enumerate(rows, 1):
@@ -26,7 +24,7 @@ def run(params, key, it):
     tracked = {"pairs": section_dict(cfg), "method": params.method, "cream": section_dict(params.cream),
                "judge.scoring": params.judge.scoring}
     with stage_run("pairs", tracked, iteration=key):
-        judged = read_jsonl(d / "judgments.jsonl", JUDGED)
+        judged = read_jsonl(d / "judgments.jsonl", CANDIDATE)
         _check_scores(judged, d / "judgments.jsonl")
         if cfg.mode == "preference":
             # The readout not used for `score` breaks ties (the expected score when pairing on sampled).
@@ -48,7 +46,7 @@ def run(params, key, it):
                             [(r["chosen_score"], r["rejected_score"], len(r["chosen"]), len(r["rejected"]))
                              for r in rows])}
             if params.method == "cream":
-                prev = read_jsonl(d / "judgments_prev.jsonl", JUDGED)
+                prev = read_jsonl(d / "judgments_prev.jsonl", CANDIDATE)
                 _check_scores(prev, d / "judgments_prev.jsonl")
                 rows, c_counts = attach_consistency(rows, judged, prev, params.cream.consistency)
                 cs = sorted(r["consistency"] for r in rows)

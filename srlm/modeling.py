@@ -79,10 +79,8 @@ def check_chat_template(tok, where: str) -> None:
                          f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))")
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
-               attn_implementation: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -92,6 +90,15 @@ def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code:
     check_chat_template(tok, str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(model_dir, trust_remote_code)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
                                                  trust_remote_code=trust_remote_code, **kw)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_params
+from .config import ConfigError, load_params, section_dict
 from .io import DataError
 from .modeling import ModelError, set_threads
 
@@ -32,6 +34,8 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
     for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_threads()
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporaries are removed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params(args.params)
         if needs_iteration:
@@ -54,6 +58,24 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
     except EXPECTED as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"error: no room to write {e.filename or 'an output'} ({e.strerror}). Nothing half-written was "
+              f"left; free some space (or raise the quota) and rerun `dvc repro`: finished work in .srlm/progress "
+              f"is reused.", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: outputs were left as they were; rerun `dvc repro` to resume", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            print("terminated: outputs were left as they were; rerun `dvc repro` to resume", file=sys.stderr)
+        raise
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def iteration_dir(key: str) -> Path:
@@ -70,3 +92,21 @@ def eval_dir(model: str) -> Path:
 
 def matchup_dir(name: str) -> Path:
     return Path("data") / "eval" / "head_to_head" / name
+
+
+def generator(params, model: str, name: str):
+    """The one place stages get a generator: `model`'s, behind the `generation` params, keeping its
+    progress in shards so that a rerun of stage instance `name` after an interruption resumes
+    (srlm.resume). The model itself is loaded only if some shard is left to compute."""
+    from .generation import make_generator
+    from .modeling import load_tokenizer
+    from .resume import ResumableGenerator, work_dir
+
+    gen, trust = params.generation, params.model.trust_remote_code
+    model_dir = model_path(model)
+    tokenizer = load_tokenizer(model_dir, trust)
+    progress = work_dir(name, {"generation": section_dict(gen), "model": model, "trust_remote_code": trust},
+                        [model_dir])
+    return ResumableGenerator(lambda: make_generator(gen.backend, model_dir, gen.batch_size, gen.dtype, trust,
+                                                     gen.tensor_parallel_size, gen.gpu_memory_utilization),
+                              tokenizer, progress, gen.shard_size)

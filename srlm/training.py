@@ -1,8 +1,23 @@
-"""SFT and DPO with TRL's trainers; LoRA through peft, merged into a plain checkpoint at the end."""
+"""SFT and DPO with TRL's trainers; LoRA through peft, merged into a plain checkpoint at the end.
+
+A training stage runs in its own process by default (CPU, one GPU). With `distributed.num_processes`
+> 1 it reruns itself under `accelerate launch` (FSDP2 or DeepSpeed ZeRO-3, `distributed.config_file`);
+only the main process writes outputs, metrics and the MLflow run. Trainer checkpoints go to a work
+directory keyed by everything the result depends on, so an interrupted stage resumes from its last
+complete checkpoint and never from a stale one.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
 from pathlib import Path
 
 import torch
@@ -10,22 +25,175 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from .config import DpoConfig, TrainConfig
-from .io import atomic_dir
+from . import resume
+from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
+from .io import atomic_dir, atomic_write_text, file_sha256
 from .modeling import load_model
 from .tracking import log_metrics
 
+log = logging.getLogger(__name__)
+SAVE_TOTAL_LIMIT = 2  # the newest checkpoint, and the one before in case the newest is damaged
+JOB_FILE = Path(".srlm") / "launch" / "job.json"  # multi-node: machine 0 posts each training command here
+
+
+# --- many processes --------------------------------------------------------------------------------------------
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process. The others train and write nothing."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def distribute(dist: DistributedConfig) -> None:
+    """Run the calling stage script on `dist.num_processes` processes. With 1, return at once. Otherwise
+    re-execute the script, with its arguments, under `accelerate launch`, so `dvc repro` needs nothing
+    else; the call then returns only inside the launched processes. This machine's rank comes from
+    SRLM_MACHINE_RANK (0 where `dvc repro` runs; see `worker` for the other machines)."""
+    if "LOCAL_RANK" in os.environ:  # already launched (by us, accelerate or torchrun)
+        if not is_main_process():
+            os.environ["SRLM_TRACKING"] = "off"  # one MLflow run per stage execution: rank 0's
+        return
+    if dist.num_processes <= 1:
+        return
+    machine_rank = int(os.environ.get("SRLM_MACHINE_RANK", "0"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", dist.config_file,
+           "--num_processes", str(dist.num_processes), "--num_machines", str(dist.num_machines),
+           "--machine_rank", str(machine_rank), "--main_process_port", str(dist.main_process_port)]
+    if dist.main_process_ip:
+        cmd += ["--main_process_ip", dist.main_process_ip]
+    cmd += [sys.argv[0], *sys.argv[1:]]
+    env = dict(os.environ)
+    if not torch.cuda.is_available() and "SRLM_THREADS" not in env:  # CPU: share the cores, don't oversubscribe
+        per_machine = dist.num_processes // dist.num_machines
+        env["SRLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_machine))
+    if dist.num_machines > 1 and machine_rank == 0:
+        # The other machines' workers run the same command with their rank (project directory shared).
+        atomic_write_text(JOB_FILE, json.dumps({"id": uuid.uuid4().hex, "argv": sys.argv, "time": time.time()}))
+    log.info("launching %d processes: %s", dist.num_processes, " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
+
+
+def worker(machine_rank: int, poll_s: float = 2.0) -> None:
+    """Machines 1..num_machines-1 of a multi-node run: wait for machine 0's training stages to post their
+    command, run it as this machine's share of the processes, repeat. Jobs posted before the worker
+    started are not joined (their rendezvous may be long over). Stop it with Ctrl-C."""
+    if machine_rank < 1:
+        raise ValueError("the worker runs on machines 1, 2, ...; machine 0 runs `dvc repro`")
+    seen = _job().get("id")
+    log.info("worker of machine %d: waiting for training jobs in %s", machine_rank, JOB_FILE.resolve())
+    while True:
+        job = _job()
+        if job.get("id") not in (None, seen):
+            seen = job["id"]
+            log.info("joining: %s", " ".join(job["argv"]))
+            rc = subprocess.call([sys.executable, *job["argv"]],
+                                 env=os.environ | {"SRLM_MACHINE_RANK": str(machine_rank)})
+            log.log(logging.INFO if rc == 0 else logging.ERROR, "job ended with exit code %d", rc)
+        time.sleep(poll_s)
+
+
+def _job() -> dict:
+    try:
+        return json.loads(JOB_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------------
+
+def checkpoint_dir(stage: str, tracked: dict, model_dir: str | Path, examples: list[dict],
+                   dist: DistributedConfig) -> Path:
+    """A training stage's checkpoint folder (srlm.resume.work_dir), keyed by what its result depends on: the
+    stage's tracked params, the exact training examples, the start model's files, this module's code and the
+    process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
+    digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    key = tracked | {"examples": digest, "code": file_sha256(__file__),
+                     "processes": [dist.num_processes, dist.num_machines]}
+    return resume.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
+
+
+def _step(ckpt: Path) -> int:
+    suffix = ckpt.name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def last_checkpoint(work_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under `work_dir`. One that was half-written when the run was killed,
+    or damaged since, is skipped with a warning (and removed by the main process), so the run falls back
+    to the one before, or starts clean."""
+    ckpts = sorted(Path(work_dir).glob("checkpoint-*"), key=_step, reverse=True)
+    for ckpt in ckpts:
+        problem = _checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        if is_main_process():
+            log.warning("%s: %s; skipped", ckpt, problem)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None. The Trainer writes trainer_state.json last, so a checkpoint
+    without it was interrupted; the weight and state files are checked for truncation without loading them."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if int(state["global_step"]) != _step(ckpt):
+            return "trainer_state.json is of another step"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable trainer_state.json (interrupted while saving)"
+    files = [f for f in ckpt.rglob("*") if f.is_file()]
+    if not any(f.suffix in (".safetensors", ".bin") or f.name.endswith(".distcp") for f in files):
+        return "no weights"
+    for f in files:
+        if f.suffix == ".safetensors" and not _safetensors_complete(f):
+            return f"{f.name} is truncated or damaged"
+        if f.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(f):  # torch.save writes a zip archive
+            return f"{f.name} is truncated or damaged"
+    return None
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The header parses and the file is exactly as long as the tensors it lists."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _train(trainer):
+    """trainer.train(), resumed from the newest complete checkpoint of its output_dir if there is one."""
+    acc = trainer.accelerator
+    if acc.num_processes > 1 and acc.is_main_process:
+        asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}") == "true"]
+        log.info("training on %d processes: %s", acc.num_processes, acc.distributed_type.value)
+        if asked and acc.distributed_type.value == "MULTI_CPU":
+            log.warning("%s needs CUDA GPUs: on this CPU the processes train as plain DDP over gloo", asked[0])
+    ckpt = last_checkpoint(trainer.args.output_dir)
+    if ckpt is not None and is_main_process():
+        log.info("resumed from step %d (%s): the steps before it are not redone", _step(ckpt), ckpt)
+    return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+
+# --- shared by SFT and DPO ----------------------------------------------------------------------------------------
 
 class MlflowStepLogger(TrainerCallback):
-    """Per-step trainer logs (loss, DPO reward margins, ...) into the stage's MLflow run."""
+    """Per-step trainer logs (loss, DPO reward margins, ...): a log line, and the stage's MLflow run."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if os.environ.get("SRLM_TRACKING", "on") == "off" or not logs:
+        if not logs or not state.is_world_process_zero:
             return
-        log_metrics({f"{self.prefix}/{k}": v for k, v in logs.items()}, step=state.global_step)
+        if "loss" in logs:
+            log.info("%s step %d/%d: loss %.4f", self.prefix, state.global_step, state.max_steps, logs["loss"])
+        if os.environ.get("SRLM_TRACKING", "on") != "off":
+            log_metrics({f"{self.prefix}/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
 def _peft_config(cfg: TrainConfig):
@@ -37,24 +205,52 @@ def _peft_config(cfg: TrainConfig):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
+def _precision(choice: str) -> dict:
+    """TrainingArguments' bf16/fp16 for `precision`. auto: bf16 where a CUDA GPU supports it, else fp32;
+    the weights stay fp32 and the forward/backward run in the low precision (mixed precision)."""
     cuda = torch.cuda.is_available()
+    if choice == "auto":
+        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if choice == "fp16" and not cuda:
+        raise ConfigError("params.yaml: precision fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
     return dict(
         output_dir=str(work_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         lr_scheduler_type="linear", warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
-        logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        logging_steps=1, report_to=[], seed=seed, data_seed=seed,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=max(cfg.save_steps, 1),
+        save_total_limit=SAVE_TOTAL_LIMIT,
+        use_cpu=not torch.cuda.is_available(), **_precision(cfg.precision),
         dataloader_num_workers=0, disable_tqdm=False, log_level="warning",
         logging_first_step=True, gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
-def _save(trainer, tokenizer, out_dir: Path) -> None:
-    """Write the trained model atomically, then drop the trainer's scratch directory."""
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter into the weights
-        model = model.merge_and_unload()
+def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, trust_remote_code: bool) -> None:
+    """Write the trained model atomically (main process only), then drop the checkpoint folder."""
+    acc = trainer.accelerator
+    if acc.num_processes == 1:
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter into the weights
+            model = model.merge_and_unload()
+    else:
+        # Every process takes part: FSDP and ZeRO-3 gather the full weights from their shards here.
+        state = acc.get_state_dict(trainer.model_wrapped)
+        if not acc.is_main_process:
+            return
+        # Rebuild a plain copy of the trained model on rank 0 from the gathered weights, merging LoRA as above.
+        model = load_model(model_dir, trust_remote_code=trust_remote_code)[0]
+        if cfg.lora.enabled:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, _peft_config(cfg))
+        model.load_state_dict(state)
+        if cfg.lora.enabled:
+            model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -63,7 +259,9 @@ def _save(trainer, tokenizer, out_dir: Path) -> None:
 
 def _summary(trainer, result) -> dict:
     logs = [l for l in trainer.state.log_history if "loss" in l]
-    out = {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
+    # The mean of the per-step losses: unlike result.training_loss, the same after a resume.
+    train_loss = sum(l["loss"] for l in logs) / len(logs) if logs else float(result.training_loss)
+    out = {"train_loss": float(train_loss), "steps": int(trainer.state.global_step),
            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0))}
     if logs:
         out["final_loss"] = float(logs[-1]["loss"])
@@ -96,8 +294,8 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tok, peft_config=_peft_config(cfg),
                          callbacks=[MlflowStepLogger("sft")])
-    result = trainer.train()
-    _save(trainer, tok, Path(out_dir))
+    result = _train(trainer)
+    _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"examples": len(examples)}
 
 
@@ -206,6 +404,23 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     trainer = trainer_cls(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(examples),
                           processing_class=tok, peft_config=_peft_config(cfg),
                           callbacks=[MlflowStepLogger("dpo")])
-    result = trainer.train()
-    _save(trainer, tok, Path(out_dir))
+    result = _train(trainer)
+    _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"pairs": len(examples)} | extra
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Multi-node training: run this on machines 1.. while `dvc repro` "
+                                                 "runs on machine 0, in the same (shared) project directory.")
+    parser.add_argument("command", choices=["worker"])
+    parser.add_argument("--machine-rank", type=int, required=True)
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a new job")
+    a = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        worker(a.machine_rank, a.poll)
+    except KeyboardInterrupt:
+        pass

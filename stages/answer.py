@@ -5,7 +5,7 @@ import json
 from srlm import seed, stage
 from srlm.config import section_dict
 from srlm.evaluation import answer_prompts
-from srlm.generation import SamplingParams, make_generator
+from srlm.generation import SamplingParams
 from srlm.io import atomic_write_text, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -20,8 +20,7 @@ def run(params, model):
                "generation": section_dict(gen), "seed": params.seed}
     with stage_run("answer", tracked, instance=model):
         prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, params.seed)
-        generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, model, f"answer@{model}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
                                   seed=params.seed + 202)
         rows, metrics = answer_prompts(generator, prompts, sampling, model)
@@ -29,6 +28,7 @@ def run(params, model):
         alpaca = [{"instruction": r["instruction"], "output": r["output"], "generator": model} for r in rows]
         atomic_write_text(out / "alpaca_eval.json", json.dumps(alpaca, ensure_ascii=False, indent=1) + "\n")
         write_metrics(out / "metrics" / "answer.json", metrics | {"model": model})
+        generator.clear()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 with the human ranking become EFT data (plus the gold judgments when eft.include_gold)."""
 from srlm import seed, stage
 from srlm.config import section_dict
-from srlm.generation import SamplingParams, make_generator
+from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.judging import build_eft
 from srlm.tracking import stage_run, write_metrics
@@ -16,8 +16,7 @@ def run(params):
         ranked = seed.limit(seed.load_ranked(RANKED), cfg.max_sets, params.seed)
         examples, metrics = [], {"ranked_sets": 0, "sets_agreeing": 0}
         if cfg.attempts and ranked:
-            generator = make_generator(gen.backend, stage.model_path("sft_baseline"), gen.batch_size, gen.dtype,
-                                       params.model.trust_remote_code)
+            generator = stage.generator(params, "sft_baseline", "build_eft")
             sampling = SamplingParams(n=cfg.attempts, temperature=cfg.temperature, top_p=cfg.top_p,
                                       max_new_tokens=cfg.max_new_tokens, seed=params.seed)
             examples, metrics = build_eft(generator, ranked, sampling)
@@ -29,6 +28,8 @@ def run(params):
         write_jsonl("data/eft/train.jsonl", examples + gold)
         write_metrics("metrics/build_eft.json", metrics | {"eft_from_baseline": len(examples), "eft_gold": len(gold),
                                                           "eft_total": len(examples) + len(gold)})
+        if cfg.attempts and ranked:
+            generator.clear()
 
 
 if __name__ == "__main__":

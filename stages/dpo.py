@@ -4,26 +4,30 @@ from srlm import stage
 from srlm.config import section_dict
 from srlm.io import read_jsonl
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
+from srlm.training import (checkpoint_dir, distribute, dpo_examples, is_main_process, sft_examples, train_dpo,
+                           train_sft)
 
 
 def run(params, key, it):
+    distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
     cfg = params.dpo
     d = stage.iteration_dir(key)
     src, dst = stage.model_path(it["model"]), stage.model_path(it["next"])
     tracked = {"dpo": section_dict(cfg), "seed": params.seed, "method": params.method, "cream.loss": params.cream.loss}
     with stage_run("dpo", tracked, iteration=key):
         rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
-        common = dict(seed=params.seed + int(key), work_dir=f"models/.work/dpo{key}",
-                      trust_remote_code=params.model.trust_remote_code)
+        common = dict(seed=params.seed + int(key), trust_remote_code=params.model.trust_remote_code)
         if rows[0]["kind"] == "positive":
-            metrics = train_sft(src, dst, sft_examples([(r["prompt"], r["response"]) for r in rows]), cfg, **common)
+            train, examples = train_sft, sft_examples([(r["prompt"], r["response"]) for r in rows])
         else:
-            consistency = params.cream.loss if params.method == "cream" else "none"
-            metrics = train_dpo(src, dst, dpo_examples(rows), cfg, consistency=consistency, **common)
-        write_metrics(d / "metrics" / "dpo.json", metrics)
-        record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": it["model"],
-                                       "data": data_hashes(d / "pairs.jsonl")})
+            train, examples = train_dpo, dpo_examples(rows)
+            common["consistency"] = params.cream.loss if params.method == "cream" else "none"
+        work = checkpoint_dir(f"dpo@{key}", tracked, src, examples, params.distributed)
+        metrics = train(src, dst, examples, cfg, work_dir=work, **common)
+        if is_main_process():
+            write_metrics(d / "metrics" / "dpo.json", metrics)
+            record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": it["model"],
+                                           "data": data_hashes(d / "pairs.jsonl")})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ the human ranks (pairwise accuracy, 5-best, exact match, Spearman, Kendall) for 
 from srlm import seed, stage
 from srlm.config import section_dict
 from srlm.evaluation import judge_ranked_sets
-from srlm.generation import SamplingParams, make_generator
+from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -17,14 +17,14 @@ def run(params, model):
                                   "generation": section_dict(gen), "seed": params.seed},
                    instance=model):
         sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, params.seed)
-        generator = make_generator(gen.backend, stage.model_path(model), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, model, f"eval_judge@{model}")
         # The same seed for every model: differences come from the models, not the draws.
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=params.seed + 101)
         rows, metrics = judge_ranked_sets(generator, sets, sampling, cfg.scoring)
         write_jsonl(out / "ranked_judgments.jsonl", rows)
         write_metrics(out / "metrics" / "judge.json", metrics | {"model": model})
+        generator.clear()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ win rate with the length difference regressed out."""
 from srlm import stage
 from srlm.config import section_dict
 from srlm.evaluation import head_to_head
-from srlm.generation import SamplingParams, make_generator
+from srlm.generation import SamplingParams
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -20,8 +20,7 @@ def run(params, name, matchup):
     with stage_run("head_to_head", tracked, instance=name):
         x = read_jsonl(stage.eval_dir(matchup["a"]) / "responses.jsonl", RESPONSES)
         y = read_jsonl(stage.eval_dir(matchup["b"]) / "responses.jsonl", RESPONSES)
-        generator = make_generator(gen.backend, stage.model_path(ev.judge), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, ev.judge, f"head_to_head@{name}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p,
                                   max_new_tokens=ev.verdict_max_new_tokens, seed=params.seed + 303)
         try:
@@ -31,6 +30,7 @@ def run(params, name, matchup):
         write_jsonl(out / "verdicts.jsonl", rows)
         write_metrics(out / "metrics.json", metrics | {"a": matchup["a"], "b": matchup["b"], "judge": ev.judge,
                                                        "verdict": ev.verdict})
+        generator.clear()
 
 
 if __name__ == "__main__":

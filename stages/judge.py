@@ -1,7 +1,7 @@
 """judge@t: M_t scores each candidate with the paper's rubric, judge.samples judgments averaged."""
 from srlm import stage
 from srlm.config import section_dict
-from srlm.generation import SamplingParams, make_generator
+from srlm.generation import SamplingParams
 from srlm.io import read_jsonl, write_jsonl
 from srlm.judging import CANDIDATE, judge_candidates
 from srlm.tracking import stage_run, write_metrics
@@ -12,13 +12,13 @@ def run(params, key, it):
     with stage_run("judge", {"judge": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed},
                    iteration=key):
         cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
-        generator = make_generator(gen.backend, stage.model_path(it["model"]), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, it["model"], f"judge@{key}")
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=params.seed + 31 * int(key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring)
         write_jsonl(d / "judgments.jsonl", rows)
         write_metrics(d / "metrics" / "judge.json", metrics)
+        generator.clear()
 
 
 if __name__ == "__main__":

@@ -17,17 +17,17 @@ def run(params, key, it):
             write_metrics(d / "metrics" / "judge_prev.json", {"method": params.method, "candidates": 0})
             return
         # Imported only here: under method=srlm this stage should not pay for loading torch.
-        from srlm.generation import SamplingParams, make_generator
+        from srlm.generation import SamplingParams
         from srlm.judging import CANDIDATE, judge_candidates
 
         cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
-        generator = make_generator(gen.backend, stage.model_path(it["prev"]), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, it["prev"], f"judge_prev@{key}")
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=params.seed + 37 * int(key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring, desc=f"judge by {it['prev']}")
         write_jsonl(d / "judgments_prev.jsonl", rows)
         write_metrics(d / "metrics" / "judge_prev.json", metrics | {"method": params.method, "model": it["prev"]})
+        generator.clear()
 
 
 if __name__ == "__main__":

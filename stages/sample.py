@@ -3,7 +3,7 @@ from statistics import mean
 
 from srlm import stage
 from srlm.config import section_dict
-from srlm.generation import SamplingParams, make_generator, sample_responses
+from srlm.generation import SamplingParams, sample_responses
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -14,8 +14,7 @@ def run(params, key, it):
     with stage_run("sample", {"sample": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed},
                    iteration=key):
         prompts = read_jsonl(d / "prompts.jsonl", {"id": str, "prompt": str})
-        generator = make_generator(gen.backend, stage.model_path(it["model"]), gen.batch_size, gen.dtype,
-                                   params.model.trust_remote_code)
+        generator = stage.generator(params, it["model"], f"sample@{key}")
         sampling = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=params.seed + int(key))
         rows = sample_responses(generator, prompts, sampling)
@@ -26,6 +25,7 @@ def run(params, key, it):
             "mean_response_tokens": mean(r["num_tokens"] for r in rows),
             "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows),
             "empty_responses": sum(not r["response"] for r in rows)})
+        generator.clear()
 
 
 if __name__ == "__main__":

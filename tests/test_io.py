@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from srlm.io import DataError, atomic_dir, atomic_write_text, read_jsonl, write_jsonl
@@ -50,3 +52,47 @@ def test_roundtrip(tmp_path):
     rows = [{"id": "a", "instruction": "é"}, {"id": "b", "instruction": "x"}]
     write_jsonl(tmp_path / "x.jsonl", rows)
     assert read_jsonl(tmp_path / "x.jsonl", SCHEMA) == rows
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    f = tmp_path / "out.jsonl"
+    dead = _dead_pid()
+    (tmp_path / f".out.jsonl.tmp-{dead}-abc").write_text("half a reco")   # SIGKILL mid-write
+    live = tmp_path / f".out.jsonl.tmp-{os.getpid()}-xyz"                 # a writer still at work
+    live.write_text("")
+    write_jsonl(f, [{"a": 1}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.jsonl", live.name])
+
+
+def test_a_kill_between_the_renames_of_atomic_dir_keeps_the_previous_output(tmp_path):
+    d = tmp_path / "model"
+    old = tmp_path / f".model.tmp-{_dead_pid()}-old"   # killed after moving the old dir away
+    old.mkdir()
+    (old / "w").write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(d):
+            raise RuntimeError("fails before the new one is ready")
+    assert (d / "w").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_full_disk_error_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        atomic_write_text(tmp_path / "out.txt", "x")
+    assert e.value.filename == str(tmp_path / "out.txt")
+    assert list(tmp_path.iterdir()) == []

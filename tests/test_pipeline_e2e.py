@@ -21,10 +21,9 @@ def ran(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_model_dir):
-    d = make_project(tmp_path_factory.mktemp("proj"), tiny_model_dir)
-    first = dvc(["repro"], d)
-    return d, first.stdout
+def project(repro_project):
+    d, stdout, _lock = repro_project
+    return d, stdout
 
 
 def test_repro_runs_every_stage_and_produces_m3(project):

@@ -1,0 +1,129 @@
+"""Faults injected into a real generation stage (sample@1 on the tiny model, run as its own process):
+killed by SIGINT, SIGTERM or SIGKILL mid-run, a damaged progress shard, a full disk. Each time the
+previous output stays intact, nothing half-written is left, and the rerun resumes from the finished
+shards and writes exactly what an uninterrupted run writes."""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_project import dvc, env, make_project
+
+OUT = Path("data/it1/candidates.jsonl")
+PROGRESS = Path(".srlm/progress/sample_1")
+CMD = [sys.executable, "stages/sample.py", "--iteration", "1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    d = make_project(tmp_path_factory.mktemp("faults"), tiny_model_dir, {
+        "generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 48}})
+    shutil.copytree(tiny_model_dir, d / "models/m1")
+    words = "water sun code data list ideas short clear answer good".split()
+    prompts = [{"id": f"it1-p{i:04d}", "prompt": f"Write about {words[i % 10]} and {words[(3 * i) % 10]} {i}"}
+               for i in range(24)]
+    (d / "data/it1").mkdir(parents=True)
+    (d / "data/it1/prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    reference = stage(d)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert not (d / PROGRESS).exists()   # removed once the output is written
+    return d, (d / OUT).read_bytes()
+
+
+def stage(d: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(CMD, cwd=d, capture_output=True, text=True, env=stage_env(d), **kw)
+
+
+def stage_env(d: Path) -> dict:
+    return env(PYTHONPATH=str(d), SRLM_TRACKING="off", SRLM_LOG_LEVEL="INFO")
+
+
+def shards(d: Path) -> list[Path]:
+    return sorted((d / PROGRESS).glob("*/generate-*.json"))
+
+
+def start_and_kill(cmd: list[str], d: Path, sig: int, after_shards: int = 2) -> subprocess.Popen:
+    """Start `cmd`, send `sig` to its process group once `after_shards` shards are on disk."""
+    p = subprocess.Popen(cmd, cwd=d, env=stage_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(shards(d)) < after_shards:
+        assert p.poll() is None, f"the stage ended before it could be interrupted:\n{p.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no progress shard appeared"
+        time.sleep(0.01)
+    os.killpg(p.pid, sig)
+    p.wait(timeout=60)
+    return p
+
+
+def leftovers(d: Path) -> list[str]:
+    return [p.name for p in (d / "data/it1").rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_killed_stage_keeps_its_previous_output_and_the_rerun_resumes(project, sig):
+    d, reference = project
+    (d / OUT).write_text("previous output\n")
+    p = start_and_kill(CMD, d, sig)
+    assert p.returncode != 0
+    if sig != signal.SIGKILL:   # the handled signals say what happened; SIGKILL gives no chance to
+        assert ("interrupted" if sig == signal.SIGINT else "terminated") in p.stderr.read()
+    assert (d / OUT).read_text() == "previous output\n"
+    assert not leftovers(d) or sig == signal.SIGKILL   # SIGKILL: swept by the next write, checked below
+    done = len(shards(d))
+    assert done >= 2
+
+    rerun = stage(d)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed, {done} of 12 shards" in rerun.stderr
+    assert (d / OUT).read_bytes() == reference
+    assert not leftovers(d) and not (d / PROGRESS).exists()
+
+
+def test_a_damaged_shard_is_recomputed(project):
+    d, reference = project
+    start_and_kill(CMD, d, signal.SIGKILL, after_shards=3)
+    victim = shards(d)[1]
+    victim.write_text(victim.read_text()[:40])   # torn write of a copy, a bad disk block...
+    rerun = stage(d)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "damaged progress shard, discarded and recomputed" in rerun.stderr
+    assert (d / OUT).read_bytes() == reference
+
+
+def _small_file_limit():
+    # Any file over 8 KiB fails with EFBIG (a full disk or quota, for this stage's purposes): the
+    # shards fit, the 24-prompt output does not. SIGXFSZ ignored so that write() reports the error.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+
+def test_a_full_disk_leaves_no_partial_output_and_keeps_the_finished_work(project):
+    d, reference = project
+    (d / OUT).unlink()
+    full = stage(d, preexec_fn=_small_file_limit)
+    assert full.returncode == 2
+    assert "error: no room to write data/it1/candidates.jsonl" in full.stderr
+    assert not (d / OUT).exists() and not leftovers(d)
+    assert len(shards(d)) == 12
+
+    rerun = stage(d)
+    assert rerun.returncode == 0 and "resumed, 12 of 12 shards" in rerun.stderr
+    assert (d / OUT).read_bytes() == reference
+
+
+def test_ctrl_c_on_dvc_repro_then_dvc_repro_resumes(project):
+    d, reference = project
+    p = start_and_kill([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "sample@1"], d,
+                       signal.SIGINT)
+    assert p.returncode != 0
+    rerun = dvc(["repro", "--single-item", "sample@1"], d, SRLM_TRACKING="off", PYTHONPATH=str(d))
+    assert "resumed" in rerun.stderr + rerun.stdout
+    assert (d / OUT).read_bytes() == reference

@@ -1,0 +1,271 @@
+"""Training stages on several processes. With `distributed.num_processes: 2` a stage reruns itself under
+`accelerate launch`; here on 2 CPU processes: DDP over gloo (what accelerate runs on a CPU), and FSDP2
+through a test-only shim that lets accelerate shard on CPU. Either must train what one process with the
+same global batch trains, and only rank 0 writes the model, the metrics and the MLflow run."""
+import json
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from srlm import training
+from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, parse_params
+from srlm.modeling import load_model
+from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
+
+ROOT = Path(__file__).resolve().parent.parent
+FSDP_YAML = str(ROOT / "configs/accelerate/fsdp.yaml")
+LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+
+# accelerate turns FSDP on for GPUs only; this makes it take the CPU with gloo as if it were one, in the
+# launched processes only. FSDP2's sharding, gathering and saving then run for real.
+FSDP_ON_CPU = """
+import os
+if "LOCAL_RANK" in os.environ:
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    PartialState._prepare_backend = lambda self, *a, **kw: ("gloo", DistributedType.MULTI_GPU)
+    _init = PartialState.__init__
+    PartialState.__init__ = lambda self, cpu=False, **kw: _init(self, cpu=False, **kw)
+
+    def _cpu(self):
+        self.device = self.device or torch.device("cpu")
+    PartialState.set_device = _cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("dist") / "model", train_steps=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def project(d: Path, model_dir: Path, model: str, params: dict) -> Path:
+    (d / "models").mkdir(parents=True)
+    (d / "models" / model).symlink_to(model_dir)
+    params = {"distributed": {"num_processes": 2, "config_file": FSDP_YAML, "main_process_port": free_port()},
+              "iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"}}} | params
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    return d
+
+
+def run_stage(d: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SRLM_TRACKING="off", HF_HUB_OFFLINE="1", TQDM_DISABLE="1") | env
+    env.pop("SRLM_THREADS", None)
+    p = subprocess.run([sys.executable, *args], cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-6000:]
+    return p
+
+
+def max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert x.keys() == y.keys()
+    return max((x[k] - y[k]).abs().max().item() for k in x)
+
+
+def generates(model_dir: Path) -> str:
+    model, tok = load_model(model_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    return tok.decode(out[0, ids.shape[1]:])
+
+
+def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch(model_dir, tmp_path):
+    rows = [json.loads(line) for line in (ROOT / "data/builtin/ift.jsonl").read_text().splitlines()[:8]]
+    d = project(tmp_path / "p", model_dir, "m0", {"sft": {
+        "batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": LORA}})
+    (d / "data/seed").mkdir(parents=True)
+    (d / "data/seed/ift_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    p = run_stage(d, str(ROOT / "stages/sft_baseline.py"), SRLM_TRACKING="on",
+                  MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db")
+    assert "launching 2 processes" in p.stderr and "training on 2 processes: MULTI_CPU" in p.stderr
+    metrics = json.loads((d / "metrics/sft_baseline.json").read_text())
+    assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
+    with sqlite3.connect(d / "mlflow.db") as db:  # one MLflow run per stage execution, rank 0's
+        assert db.execute("select name from runs").fetchall() == [("sft_baseline",)]
+    assert not any((d / ".srlm/progress/sft_baseline").glob("*")), "checkpoints are removed after success"
+    assert not list((d / "models/sft_baseline").glob("adapter*"))  # LoRA merged: a plain checkpoint
+    generates(d / "models/sft_baseline")
+
+    # One process with batch 4 sees the same 4 examples per step: the same loss and, up to float sums, weights.
+    cfg = SftConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(**LORA))
+    examples = sft_examples([(r["instruction"], r["response"]) for r in rows])
+    one = train_sft(model_dir, tmp_path / "one", examples, cfg, seed=1234, work_dir=tmp_path / "w")
+    assert metrics["first_loss"] == pytest.approx(one["first_loss"], abs=1e-5)
+    assert metrics["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
+    assert 1e-4 < max_diff(tmp_path / "one", model_dir)  # training moved the weights
+    assert max_diff(d / "models/sft_baseline", tmp_path / "one") < 1e-6
+
+
+def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_dir, tmp_path):
+    """Full weights, so a separate reference model is sharded too, and the final weights are gathered."""
+    pairs = [{"id": f"p{i}", "kind": "preference", "prompt": f"item {i}", "chosen": "yes " * (1 + 2 * i),
+              "rejected": "no " * (9 - i), "consistency": (i + 1) / 9} for i in range(8)]
+    d = project(tmp_path / "p", model_dir, "m1", {"method": "cream", "dpo": {
+        "batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": {"enabled": False}}})
+    (d / "data/it1").mkdir(parents=True)
+    (d / "data/it1/pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim/sitecustomize.py").write_text(FSDP_ON_CPU)
+
+    p = run_stage(d, str(ROOT / "stages/dpo.py"), "--iteration", "1", PYTHONPATH=str(tmp_path / "shim"))
+    assert "training on 2 processes: FSDP" in p.stderr
+    assert "pytorch_model_fsdp_0" in p.stderr  # the Trainer's checkpoints: one shard per process
+    metrics = json.loads((d / "data/it1/metrics/dpo.json").read_text())
+    assert metrics["steps"] == 2 and metrics["consistency_mean"] == pytest.approx(0.5)
+    # At the first step the policy is its reference on every process: ln 2 whatever C is.
+    assert metrics["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    generates(d / "models/m2")
+
+    cfg = DpoConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False))
+    one = train_dpo(model_dir, tmp_path / "one", dpo_examples(pairs), cfg, seed=1234 + 1, work_dir=tmp_path / "w",
+                    consistency="dynamic")
+    assert metrics["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
+    assert 1e-4 < max_diff(tmp_path / "one", model_dir)
+    assert max_diff(d / "models/m2", tmp_path / "one") < 1e-5
+
+
+# --- the launch itself, without launching -------------------------------------------------------------------
+
+def test_shipped_accelerate_configs_parse(monkeypatch):
+    """DeepSpeed is not installed here: its config is checked as far as accelerate goes without it, from the
+    file through `accelerate launch`'s environment to the DeepSpeed config the Trainer completes."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    fsdp = load_config_from_file(FSDP_YAML)
+    assert fsdp.distributed_type == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False  # see the file: DPO's reference model
+    ds_yaml = str(ROOT / "configs/accelerate/deepspeed_zero3.yaml")
+    assert load_config_from_file(ds_yaml).distributed_type == "DEEPSPEED"
+    args = launch_command_parser().parse_args(["--config_file", ds_yaml, "--num_processes", "16", "--num_machines",
+                                               "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
+                                               "--main_process_port", "29500", "stages/sft.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    cmd, env = prepare_deepspeed_cmd_env(args)
+    assert cmd is None and (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "8")  # torchrun per node
+    for k, v in env.items():
+        if k.startswith("ACCELERATE_"):
+            monkeypatch.setenv(k, v)
+    config = DeepSpeedPlugin().deepspeed_config
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert config["gradient_accumulation_steps"] == config["train_micro_batch_size_per_gpu"] == "auto"
+
+
+@pytest.fixture
+def launched(monkeypatch, tmp_path):
+    """distribute() up to the exec: the command it would become."""
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "execve", lambda path, cmd, env: calls.append((cmd, env)))
+    monkeypatch.setattr(sys, "argv", ["stages/dpo.py", "--iteration", "2"])
+    for var in ("LOCAL_RANK", "RANK", "SRLM_MACHINE_RANK", "SRLM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    return calls
+
+
+def test_one_process_is_not_relaunched(launched):
+    training.distribute(DistributedConfig())
+    assert launched == []
+
+
+def test_a_stage_relaunches_itself_under_accelerate(launched):
+    training.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"))
+    (cmd, env), = launched
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    args = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
+    assert args == {"--config_file": "configs/accelerate/deepspeed_zero3.yaml", "--num_processes": "8",
+                    "--num_machines": "1", "--machine_rank": "0", "--main_process_port": "29500"}
+    assert cmd[-3:] == ["stages/dpo.py", "--iteration", "2"]
+    if not torch.cuda.is_available():  # 8 processes share the cores instead of each taking them all
+        assert env["SRLM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 8))
+    assert not training.JOB_FILE.exists()
+
+
+def test_launched_processes_other_than_rank_0_do_not_track(launched, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("SRLM_TRACKING", "on")
+    training.distribute(DistributedConfig(num_processes=4))
+    assert launched == [] and os.environ["SRLM_TRACKING"] == "off" and not training.is_main_process()
+
+
+def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(launched, monkeypatch):
+    dist = DistributedConfig(num_processes=16, num_machines=2, main_process_ip="10.0.0.1")
+    training.distribute(dist)
+    (cmd, _), = launched
+    assert ["--machine_rank", "0"] == cmd[cmd.index("--machine_rank"):][:2]
+    assert ["--main_process_ip", "10.0.0.1"] == cmd[cmd.index("--main_process_ip"):][:2]
+    job = json.loads(training.JOB_FILE.read_text())
+    assert job["argv"] == ["stages/dpo.py", "--iteration", "2"]
+
+    ran = []
+
+    class Stop(Exception):
+        pass
+
+    def sleep(_):
+        if len(ran) == 1:
+            raise Stop
+        training.JOB_FILE.write_text(json.dumps(job | {"id": "new"}))  # machine 0 posts the next stage's job
+
+    monkeypatch.setattr(training.subprocess, "call", lambda argv, env: ran.append((argv, env["SRLM_MACHINE_RANK"])) or 0)
+    monkeypatch.setattr(training.time, "sleep", sleep)
+    with pytest.raises(Stop):
+        training.worker(machine_rank=1)
+    # The job already posted when the worker started is not joined (its rendezvous may be over); the new one is.
+    assert ran == [([sys.executable, "stages/dpo.py", "--iteration", "2"], "1")]
+
+    monkeypatch.setenv("SRLM_MACHINE_RANK", "1")  # the worker's stage process then launches as machine 1
+    training.distribute(dist)
+    assert ["--machine_rank", "1"] == launched[-1][0][launched[-1][0].index("--machine_rank"):][:2]
+
+
+@pytest.mark.parametrize("dist, needle", [
+    ({"num_processes": 3, "num_machines": 2, "main_process_ip": "h"}, "must be a multiple of distributed.num_machines"),
+    ({"num_processes": 4, "num_machines": 2}, "main_process_ip is needed"),
+    ({"num_processes": 2, "config_file": "configs/accelerate/nope.yaml"}, "no such file"),
+    ({"num_processes": 0}, "must be > 0"),
+    ({"main_process_port": 70000}, "is not a port"),
+])
+def test_bad_distributed_params_name_the_key(dist, needle, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match=needle):
+        parse_params({"distributed": dist})
+
+
+def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training._precision("auto") == {"bf16": False, "fp16": False}
+    assert training._precision("bf16") == {"bf16": True, "fp16": False}
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        training._precision("fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert training._precision("auto") == {"bf16": True, "fp16": False}
+    with pytest.raises(ConfigError, match="save_steps = -1 must be >= 0"):
+        parse_params({"dpo": {"save_steps": -1}})

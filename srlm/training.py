@@ -254,7 +254,7 @@ def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    resume.clear(trainer.args.output_dir)
 
 
 def _summary(trainer, result) -> dict:

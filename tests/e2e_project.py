@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -66,6 +67,21 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**extra_env))
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
+    return p
+
+
+def start_and_kill(cmd: list[str], cwd: Path, sig: int, ready, what: str, **extra_env: str) -> subprocess.Popen:
+    """Start `cmd` in its own process group; send it `sig` once `ready()` is true (e.g. a shard or a
+    checkpoint is on disk), and wait for it to end."""
+    p = subprocess.Popen(cmd, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not ready():
+        assert p.poll() is None, f"the stage ended before it could be interrupted:\n{p.stderr.read()[-3000:]}"
+        assert time.time() < deadline, f"no {what} appeared"
+        time.sleep(0.01)
+    os.killpg(p.pid, sig)
+    p.wait(timeout=60)
     return p
 
 

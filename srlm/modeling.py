@@ -79,6 +79,15 @@ def check_chat_template(tok, where: str) -> None:
                          f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))")
 
 
+def context_length(config) -> int | None:
+    """The longest sequence (prompt + new tokens) the model was built for, where its config says."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

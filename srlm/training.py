@@ -27,8 +27,8 @@ from trl import DPOTrainer
 
 from . import resume
 from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
-from .io import atomic_dir, atomic_write_text, file_sha256
-from .modeling import load_model
+from .io import DataError, atomic_dir, atomic_write_text, file_sha256
+from .modeling import context_length, load_model
 from .tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,48 @@ def _train(trainer):
 
 # --- shared by SFT and DPO ----------------------------------------------------------------------------------------
 
+def fit_to_max_length(examples: list[dict], tokenizer, model_config, max_length: int,
+                      section: str) -> tuple[list[dict], dict]:
+    """Check the examples against `<section>.max_length` before any training step.
+
+    - max_length beyond the model's context: an error (the model cannot attend that far).
+    - An example whose prompt alone fills max_length has no response token left to learn from; TRL would drop
+      it silently (or crash when it drops them all). It is dropped here, with a warning and a count, and an
+      error when nothing is left. An example whose response is cut short is kept, counted and warned about.
+    """
+    context = context_length(model_config)
+    if context and max_length > context:
+        raise ConfigError(f"params.yaml: {section}.max_length = {max_length} is longer than the model's context "
+                          f"of {context} tokens; set {section}.max_length to {context} or less")
+
+    def length(messages, generation_prompt=False):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    kept, truncated, prompt_lengths = [], 0, []
+    for e in examples:
+        prompt = length(e["prompt"], generation_prompt=True)
+        prompt_lengths.append(prompt)
+        if prompt >= max_length:
+            continue
+        full = max(length(e["prompt"] + e[k]) for k in ("completion", "chosen", "rejected") if k in e)
+        truncated += full > max_length
+        kept.append(e)
+    dropped = len(examples) - len(kept)
+    fix = f"raise {section}.max_length" + (f" (the model's context is {context} tokens)" if context else "")
+    if not kept:
+        raise DataError(f"every one of the {len(examples)} training examples has a prompt of at least "
+                        f"{section}.max_length = {max_length} tokens (the longest is {max(prompt_lengths)}), so "
+                        f"nothing is left to learn from; {fix}")
+    if dropped and is_main_process():
+        log.warning("%d of %d examples dropped: their prompt alone fills %s.max_length = %d tokens; %s",
+                    dropped, len(examples), section, max_length, fix)
+    if truncated and is_main_process():
+        log.warning("%d of %d examples are longer than %s.max_length = %d tokens and lose the end of their "
+                    "response; %s", truncated, len(examples), section, max_length, fix)
+    return kept, {"dropped_too_long": dropped, "truncated": truncated}
+
+
 class MlflowStepLogger(TrainerCallback):
     """Per-step trainer logs (loss, DPO reward margins, ...): a log line, and the stage's MLflow run."""
 
@@ -203,6 +245,11 @@ def _peft_config(cfg: TrainConfig):
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _section(cfg: TrainConfig) -> str:
+    """The params.yaml section a training config comes from, for messages."""
+    return "dpo" if isinstance(cfg, DpoConfig) else "sft"
 
 
 def _precision(choice: str) -> dict:
@@ -288,6 +335,7 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     if not examples:
         raise ValueError("no SFT examples to train on")
     model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    examples, fit = fit_to_max_length(examples, tok, model.config, cfg.max_length, _section(cfg))
     # Judge examples are ~4x longer than IFT ones: batching by length avoids padding IFT to them.
     args = SFTConfig(**_common_args(cfg, Path(work_dir), seed), completion_only_loss=True,
                      train_sampling_strategy="group_by_length")
@@ -296,7 +344,7 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
                          callbacks=[MlflowStepLogger("sft")])
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
-    return _summary(trainer, result) | {"examples": len(examples)}
+    return _summary(trainer, result) | {"examples": len(examples)} | fit
 
 
 def dpo_examples(pairs: list[dict]) -> list[dict]:
@@ -391,10 +439,12 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
         bad = [c for c in cs if not 0.0 <= c <= 1.0]  # also catches NaN
         if bad:
             raise ValueError(f"consistency values must lie in [0, 1]; got e.g. {bad[:3]}")
-        extra["consistency_mean"] = sum(cs) / len(cs)
+    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    examples, fit = fit_to_max_length(examples, tok, model.config, cfg.max_length, _section(cfg))
+    if consistency != "none":  # the mean over the pairs that are trained on
+        extra["consistency_mean"] = sum(e["consistency"] for e in examples) / len(examples)
         if consistency == "average":
             examples = [e | {"consistency": extra["consistency_mean"]} for e in examples]
-    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
     args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta,
                      loss_type=["sigmoid"])
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
@@ -406,7 +456,7 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
                           callbacks=[MlflowStepLogger("dpo")])
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
-    return _summary(trainer, result) | {"pairs": len(examples)} | extra
+    return _summary(trainer, result) | {"pairs": len(examples)} | extra | fit
 
 
 if __name__ == "__main__":

@@ -279,13 +279,13 @@ class VLLMGenerator(Generator):
 
         LLM = _import_vllm().LLM
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         try:  # what `from_pretrained` gives the transformers backend: generation_config.json, else config.json
             gen_config = GenerationConfig.from_pretrained(model_dir)
         except OSError:
-            gen_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(
-                model_dir, trust_remote_code=trust_remote_code))
+            gen_config = GenerationConfig.from_model_config(config)
         self.eos_ids = _eos_ids(gen_config, self.tokenizer)
-        self.context = context_length(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
+        self.context = context_length(config)
         self.progress = progress
         # vLLM schedules deterministically only with its engine in this process (its reproducibility
         # docs); the per-request seeds then give the same samples on every run. Set it to 1 to

@@ -72,6 +72,9 @@ class TrainConfig:
     grad_accum: int = 2
     max_length: int = 768
     warmup_ratio: float = 0.0
+    # The learning rate decays linearly from learning_rate to this (the paper: SFT 5.5e-6 -> 1.1e-6,
+    # DPO 1e-6 -> 1e-7); 0 = to zero.
+    final_learning_rate: float = 0.0
     gradient_checkpointing: bool = False  # saves memory on big models; costs an extra forward
     # auto: bf16 on a CUDA GPU that has it, else fp32 (CPU). fp16 needs a CUDA GPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -133,7 +136,11 @@ class JudgeConfig:
 class PairsConfig:
     mode: Literal["preference", "positive"] = "preference"
     min_valid: int = 2          # candidates with a valid score needed to form a pair
-    positive_score: float = 5.0  # mode=positive: keep responses scoring at least this
+    # none: a prompt whose candidates all have the same score is dropped (the paper).
+    # other_readout: the readout not used for `score` (sampled <-> expected) breaks such ties.
+    tie_break: Literal["none", "other_readout"] = "none"
+    # A candidate cut off by sample.max_new_tokens is never `chosen` (nor a positive) unless true.
+    truncated_chosen: bool = False
     # Meta-Rewarding's length control: chosen = the shortest candidate scored within
     # length_margin of the best (still above the rejected one).
     length_control: bool = False
@@ -143,7 +150,7 @@ class PairsConfig:
 @dataclass
 class CreamConfig:
     # How the previous model's ranking of the candidates is compared with the current one's.
-    consistency: Literal["kendall", "spearman", "top_bottom"] = "kendall"
+    consistency: Literal["kendall", "spearman"] = "kendall"
     loss: Literal["dynamic", "average"] = "dynamic"  # each pair's own C, or the iteration's mean C
 
 
@@ -163,7 +170,9 @@ class EvaluationConfig:
     temperature: float = 0.0   # 0 = greedy; otherwise sampled with `seed`
     top_p: float = 0.9
     max_new_tokens: int = 128
-    judge: str = "m1"          # the head-to-head judge: a model directory under models/
+    # The head-to-head judge: a pipeline model's name (m0, sft_baseline, m1, ...) or the path of any
+    # model directory (an outside judge). m0 is neither side of a matchup nor trained from one.
+    judge: str = "m0"
     # sampled: the judge writes a verdict ending in `Winner: A|B`. probability: compare
     # p(A) and p(B) right after `Winner:` (always decides; order bias shows up as ties).
     # calibrated: p(A) averaged over both orders, so a constant position bias cancels out.
@@ -208,7 +217,7 @@ _POSITIVE = {"batch_size", "grad_accum", "max_length", "n", "samples", "shots", 
              "num_prompts", "min_words", "max_words", "beta", "shard_size",
              "num_processes", "num_machines", "main_process_port"}
 _PROBABILITY = {"top_p", "eval_fraction", "dropout", "warmup_ratio"}
-_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin", "save_steps"}
+_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin", "save_steps", "final_learning_rate"}
 
 
 def _build(cls, data: Any, where: str):
@@ -278,6 +287,11 @@ def parse_params(data: dict) -> Params:
     _check_evaluation(params.evaluation, params.iterations)
     _check_paths(params)
     _check_distributed(params.distributed)
+    for section in ("sft", "dpo"):
+        cfg = getattr(params, section)
+        if cfg.final_learning_rate > cfg.learning_rate:
+            raise ConfigError(f"params.yaml: {section}.final_learning_rate = {cfg.final_learning_rate} is above "
+                              f"{section}.learning_rate = {cfg.learning_rate}; the schedule only decays")
     return params
 
 
@@ -323,7 +337,7 @@ def _inside(value: str, where: str) -> None:
 def _check_iterations(its: dict) -> None:
     """iterations: {"1": {prev: sft_baseline, model: m1, next: m2}, ...}: DVC cannot compute t-1,
     so names are spelled out. `prev` is the model CREAM compares with (M_{t-1}); in iteration 1
-    it is m0 or sft_baseline."""
+    it is m0 (CREAM's code: the model M1 was fine-tuned from), or sft_baseline."""
     expected_model, expected_prev = "m1", None
     for i, (key, it) in enumerate(its.items(), 1):
         if str(key) != str(i):
@@ -345,6 +359,42 @@ def model_names(iterations: dict) -> list[str]:
     return ["m0", "sft_baseline", "m1"] + [it["next"] for it in iterations.values()]
 
 
+def model_parents(iterations: dict) -> dict[str, str]:
+    """Which model each pipeline model is trained from: sft_baseline and m1 from m0, M_{t+1} from M_t."""
+    return {"sft_baseline": "m0", "m1": "m0"} | {it["next"]: it["model"] for it in iterations.values()}
+
+
+def lineage(name: str, iterations: dict) -> list[str]:
+    """`name` and every model it was trained from, nearest first (m3, m2, m1, m0)."""
+    parents, out = model_parents(iterations), [name]
+    while out[-1] in parents:
+        out.append(parents[out[-1]])
+    return out
+
+
+def judge_model(judge: str, iterations: dict) -> str | None:
+    """The pipeline model that the judge directory `evaluation.judge` holds (models/<name>), or None
+    for an outside judge."""
+    p = Path(judge)
+    if len(p.parts) == 2 and p.parts[0] == "models" and p.parts[1] in model_names(iterations):
+        return p.parts[1]
+    return None
+
+
+def judge_conflict(judge: str, a: str, b: str, iterations: dict) -> str | None:
+    """Why the judge of matchup a vs b is not impartial, or None: it is one of the two sides, or was
+    trained from one (M3 judging M3 vs M2; M2 judging M1 vs the baseline)."""
+    name = judge_model(judge, iterations)
+    if name is None:
+        return None
+    for side in (a, b):
+        if name == side:
+            return f"the judge is {side} itself"
+        if side in lineage(name, iterations):
+            return f"the judge ({name}) is trained from {side}"
+    return None
+
+
 def _check_evaluation(ev: EvaluationConfig, iterations: dict) -> None:
     known = model_names(iterations)
 
@@ -357,7 +407,13 @@ def _check_evaluation(ev: EvaluationConfig, iterations: dict) -> None:
 
     for m in ev.models:
         check(m, "evaluation.models")
-    check(ev.judge, "evaluation.judge")
+    if not ev.judge:
+        raise ConfigError("params.yaml: evaluation.judge is empty; give a model directory, e.g. models/m0")
+    _inside(ev.judge, "evaluation.judge")
+    if Path(ev.judge).parts[:1] == ("models",) and len(Path(ev.judge).parts) == 2 \
+            and judge_model(ev.judge, iterations) is None and not Path(ev.judge).is_dir():
+        raise ConfigError(f"params.yaml: evaluation.judge = {ev.judge!r} is neither a model of this pipeline "
+                          f"(models/{', models/'.join(known)}) nor an existing directory")
     for name, mu in ev.matchups.items():
         if not isinstance(mu, dict) or set(mu) != {"a", "b"}:
             raise ConfigError(f"params.yaml: evaluation.matchups.{name} must have exactly the keys a and b")

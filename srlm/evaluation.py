@@ -9,6 +9,8 @@ from itertools import combinations
 
 import numpy as np
 
+from .judging import is_top_score
+
 NAN = float("nan")
 OUTCOMES = ("win", "tie", "loss")
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -47,7 +49,47 @@ def _set_correlations(ranks: list[int], scores: list) -> tuple[float, float]:
     return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y, variant="b").statistic)
 
 
-def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
+def _centered_ranks(values: list[float]) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    r = rankdata(values)  # average ranks for ties
+    return r - r.mean()
+
+
+def _pooled_correlations(sets: list[tuple[list[int], list]]) -> tuple[float, float]:
+    """Spearman and Kendall tau-b pooled over all sets, skipping none: a set the judge scored
+    constant adds pairs it tied (Kendall) and zero rank deviations (Spearman), and so pulls the
+    value towards 0 instead of leaving the average (as the per-set mean does).
+
+    - kendall_pooled: tau-b over the within-set pairs of every set together:
+      (concordant - discordant) / sqrt((pairs - judge ties) (pairs - human ties)).
+    - spearman_pooled: Pearson correlation of the within-set centred average ranks of the scores
+      and of the negative human ranks, over all sets' responses together."""
+    conc = disc = n0 = tie_x = tie_y = 0
+    rx, ry = [], []
+    for ranks, scores in sets:
+        kept = [(float(x), -r) for r, x in zip(ranks, scores) if not _missing(x)]
+        if len(kept) < 2:
+            continue
+        for (x1, y1), (x2, y2) in combinations(kept, 2):
+            n0 += 1
+            sx, sy = _sign(x1 - x2), _sign(y1 - y2)
+            tie_x += sx == 0
+            tie_y += sy == 0
+            conc += sx * sy > 0
+            disc += sx * sy < 0
+        xs, ys = zip(*kept)
+        rx.extend(_centered_ranks(list(xs)))
+        ry.extend(_centered_ranks(list(ys)))
+    den = math.sqrt((n0 - tie_x) * (n0 - tie_y))
+    kendall = (conc - disc) / den if den else NAN
+    rx_, ry_ = np.asarray(rx), np.asarray(ry)
+    sden = math.sqrt(float((rx_ ** 2).sum() * (ry_ ** 2).sum())) if rx else 0.0
+    spearman = float((rx_ * ry_).sum() / sden) if sden else NAN
+    return spearman, kendall
+
+
+def reward_model_metrics(sets: list[dict], readout: str = "sampled") -> dict:
     """How well a judge's scores reproduce human rankings (the paper's Table 2).
 
     Each set is {"id", "ranks", "scores"}: human ranks (0 = best, equal values = a human tie) and the
@@ -59,9 +101,10 @@ def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
       human's order; a pair the judge tied, or with a missing score, is counted as wrong (it stays
       in the denominator `pairs`). pairwise_tie_rate: the fraction of those pairs the judge scored
       equal (pairs with a missing score are not ties).
-    - five_best: among responses whose score rounds half up to `top_score` (score >= top_score - 0.5),
-      the fraction that are a human-best response of their set (rank equal to the set's minimum rank,
-      so every response in a tie for first counts as best); NaN when no response scores that high.
+    - five_best: among responses the judge scored 5 out of 5 (`srlm.judging.is_top_score` for
+      `readout`: sampled, every judgment said 5; expected, the expected score rounds to 5), the
+      fraction that are a human-best response of their set (rank equal to the set's minimum rank,
+      so every response in a tie for first counts as best); NaN when no response scores 5.
     - exact_match: the fraction of sets where every response is scored and the judge's order equals
       the human's on every pair, ties included: the judge must tie exactly the responses the human
       tied, and no others.
@@ -70,7 +113,9 @@ def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
       ranks, over the responses with a score, so +1 is perfect agreement. A set is skipped when
       fewer than 2 of its responses are scored or either side is constant (e.g. the judge gave every
       response the same score); the metric is the mean over the remaining `correlation_sets` sets,
-      NaN if none remain.
+      NaN if none remain. Skipping the sets a judge cannot tell apart flatters it, so
+      `correlation_sets_skipped` counts them and spearman_pooled / kendall_pooled
+      (`_pooled_correlations`) keep them.
     """
     n_resp = n_scored = pairs = correct = ties = exact = 0
     top_count = top_best = 0
@@ -83,7 +128,7 @@ def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
         n_scored += sum(not _missing(x) for x in scores)
         best = min(ranks) if ranks else None
         for r, x in zip(ranks, scores):
-            if not _missing(x) and x >= top_score - 0.5:
+            if is_top_score(None if _missing(x) else x, readout):
                 top_count += 1
                 top_best += r == best
         matches = not any(_missing(x) for x in scores)
@@ -102,6 +147,7 @@ def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
         if not math.isnan(rho) and not math.isnan(tau):
             rhos.append(rho)
             taus.append(tau)
+    spearman_pooled, kendall_pooled = _pooled_correlations([(s["ranks"], s["scores"]) for s in sets])
     return {
         "sets": len(sets),
         "responses": n_resp,
@@ -115,6 +161,9 @@ def reward_model_metrics(sets: list[dict], top_score: float = 5.0) -> dict:
         "spearman": float(np.mean(rhos)) if rhos else NAN,
         "kendall": float(np.mean(taus)) if taus else NAN,
         "correlation_sets": len(rhos),
+        "correlation_sets_skipped": len(sets) - len(rhos),
+        "spearman_pooled": spearman_pooled,
+        "kendall_pooled": kendall_pooled,
     }
 
 
@@ -253,7 +302,8 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
             rows.append({"set_id": s["id"], "response_index": j, "rank": r["rank"], "instruction": s["instruction"],
                          "response": r["text"], **res, **candidate_scores(res, scoring)})
     metrics = {"scoring": scoring} | judge_metrics([x for r in rows for x in r["statuses"]],
-                                                   [x for r in rows for x in r["scores"]])
+                                                   [x for r in rows for x in r["scores"]],
+                                                   [x for r in rows for x in r.get("digit_mass", [])])
     set_rows = [[r for r in rows if r["set_id"] == s["id"]] for s in sets]
     lengths, set_ids = [len(r["response"]) for r in rows], [r["set_id"] for r in rows]
     for readout in ("sampled", "expected"):
@@ -261,7 +311,7 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
         by_set = [{"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
                   for s, rs in zip(sets, set_rows)]
         scores = [r[key] for r in rows]
-        for part in (reward_model_metrics(by_set), length_bias(scores, lengths, set_ids), score_histogram(scores)):
+        for part in (reward_model_metrics(by_set, readout), length_bias(scores, lengths, set_ids), score_histogram(scores)):
             metrics |= {f"{readout}_{k}": v for k, v in part.items()}
     return rows, metrics
 

@@ -56,8 +56,10 @@ def average(scores: list[int | None]) -> float | None:
     return sum(valid) / len(valid) if valid else None
 
 
-def judge_metrics(statuses: list[str], scores: list[int | None]) -> dict:
-    """Parse rate, why judgments failed, and the histogram of valid scores."""
+def judge_metrics(statuses: list[str], scores: list[int | None], digit_mass: list[float] | None = None) -> dict:
+    """Parse rate, why judgments failed, and the histogram of valid scores; with `digit_mass` (the
+    expected readout's probability on the digits 0..5, per judgment) its mean and how many judgments
+    had less than LOW_DIGIT_MASS."""
     n = len(statuses)
     status_counts = Counter(statuses)
     hist = Counter(s for s in scores if s is not None)
@@ -66,6 +68,10 @@ def judge_metrics(statuses: list[str], scores: list[int | None]) -> dict:
         m[f"status_{k}"] = v
     for s in range(MAX_SCORE + 1):
         m[f"score_{s}"] = hist.get(s, 0)
+    if digit_mass:
+        m["digit_mass_mean"] = sum(digit_mass) / len(digit_mass)
+        m["digit_mass_min"] = min(digit_mass)
+        m["low_digit_mass_judgments"] = sum(x < LOW_DIGIT_MASS for x in digit_mass)
     return m
 
 
@@ -104,6 +110,19 @@ def label_tokens(tokenizer, anchor: str, labels: list[str]) -> tuple[str, list[i
 def score_tokens(tokenizer, anchor: str = "Score:") -> tuple[str, list[int]]:
     """`label_tokens` for the digits 0..5 after `Score:`."""
     return label_tokens(tokenizer, anchor, [str(d) for d in range(MAX_SCORE + 1)])
+
+
+def is_top_score(score: float | None, readout: str) -> bool:
+    """Whether a candidate "scored 5 out of 5" (the paper's 5-best metric and its positive-only
+    variant) under each readout: `sampled`, every valid judgment said `Score: 5` (their mean is
+    exactly 5; 5, 5, 4 is not a 5); `expected`, a continuous score that never reaches 5.0, the
+    expected score rounds half up to 5 (at least 4.5)."""
+    if score is None or score != score:
+        return False
+    return score >= MAX_SCORE if readout == "sampled" else score >= MAX_SCORE - 0.5
+
+
+LOW_DIGIT_MASS = 0.5  # below this, most of the next-token probability is on no digit: a score read from noise
 
 
 def expected_score(probs) -> float:
@@ -146,6 +165,8 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, expected:
         probs = generator.next_token_probs(prompts, conts, targets, desc=f"{desc} (expected score)")
         for r, p in zip(results, probs):
             r["expected_scores"] = [round(expected_score(row.tolist()), 4) for row in p]
+            # How much probability the digits had before renormalising: near 0, the expected score is noise.
+            r["digit_mass"] = [round(float(row.sum()), 4) for row in p]
     return results
 
 
@@ -173,9 +194,11 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
 
     judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc)
     rows = [{"prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "prompt": c["prompt"],
-             "response": c["response"], **j, **candidate_scores(j, scoring)} for c, j in zip(cands, judged)]
+             "response": c["response"], "finish_reason": c.get("finish_reason"), **j, **candidate_scores(j, scoring)}
+            for c, j in zip(cands, judged)]
     scores = [r["score"] for r in rows]
-    metrics = judge_metrics([s for r in rows for s in r["statuses"]], [s for r in rows for s in r["scores"]])
+    metrics = judge_metrics([s for r in rows for s in r["statuses"]], [s for r in rows for s in r["scores"]],
+                            [x for r in rows for x in r.get("digit_mass", [])])
     metrics |= {"scoring": scoring, "candidates": len(rows),
                 "candidates_scored": sum(s is not None for s in scores)}
     for key in ("sampled_score", "expected_score"):

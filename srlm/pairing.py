@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
+from .judging import is_top_score
+
 
 def _by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
     by_prompt: dict[str, list[dict]] = defaultdict(list)
@@ -14,24 +16,30 @@ def _by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
 
 
 def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = None,
-                 length_margin: float | None = None) -> tuple[list[dict], Counter]:
-    """Highest vs lowest score per prompt (`score`: the mean of its k judgments).
+                 length_margin: float | None = None, truncated_chosen: bool = False) -> tuple[list[dict], Counter]:
+    """Highest vs lowest score per prompt (`score`: the mean of its k judgments); as in the paper,
+    a prompt whose candidates all have the same score is discarded (`dropped_tie`).
 
-    Ties, in this order:
-    - among candidates with the best (worst) score, the one with the higher (lower) `tiebreak`
-      score is chosen (rejected), e.g. the expected score when pairing on sampled scores; then the
-      lowest candidate id, so the choice never depends on file order;
-    - when every valid candidate of a prompt has the same score, the `tiebreak` scores decide if
-      they differ (counted as `tie_broken`); otherwise the prompt is dropped (`dropped_tie`).
-    Prompts with fewer than `min_valid` scored candidates are dropped (`dropped_too_few_valid`).
-
-    `length_margin` (Meta-Rewarding's length control): `chosen` is the shortest candidate whose
-    score is within the margin of the best and still above the rejected one (`length_controlled`
-    counts the pairs where that changed the choice).
+    - `tiebreak` (opt-in, `pairs.tie_break: other_readout`): the key of a second score, e.g. the
+      expected score when pairing on sampled scores. Among candidates with the best (worst) score,
+      the one with the higher (lower) second score is chosen (rejected), and a prompt whose
+      candidates all tie is kept when their second scores differ (`tie_broken`). Without it, ties
+      go to the lowest candidate id, so the choice never depends on file order.
+    - Prompts with fewer than `min_valid` scored candidates are dropped (`dropped_too_few_valid`).
+    - A candidate cut off by the token limit (`finish_reason: length`) is never `chosen` unless
+      `truncated_chosen`: training towards it teaches the model to stop mid-sentence. It can still
+      be `rejected`. `truncated_not_chosen` counts the prompts where that changed the choice,
+      `dropped_truncated` those left without an eligible chosen candidate.
+    - `length_margin` (Meta-Rewarding's length control): `chosen` is the shortest eligible
+      candidate whose score is within the margin of the best and still above the rejected one
+      (`length_controlled` counts the pairs where that changed the choice).
     Candidates are keyed by id, never by position."""
     def sec(c):
         v = c.get(tiebreak) if tiebreak else None
         return -math.inf if v is None else v
+
+    def key(c):
+        return c["score"], sec(c)
 
     pairs, counts = [], Counter()
     groups = _by_prompt(judged)
@@ -40,15 +48,21 @@ def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = 
         if len(valid) < min_valid:
             counts["dropped_too_few_valid"] += 1
             continue
-        best = max(valid, key=lambda c: (c["score"], sec(c)))  # max/min keep the first in id order
-        worst = min(valid, key=lambda c: (c["score"], sec(c)))
+        top, worst = max(valid, key=key), min(valid, key=key)  # max/min keep the first in id order
+        if key(top) == key(worst):
+            counts["dropped_tie"] += 1
+            continue
+        eligible = [c for c in valid if truncated_chosen or c.get("finish_reason") != "length"]
+        best = max(eligible, key=key) if eligible else None
+        if best is None or key(best) <= key(worst):
+            counts["dropped_truncated"] += 1
+            continue
+        if best is not top:
+            counts["truncated_not_chosen"] += 1
         if best["score"] == worst["score"]:
-            if sec(best) == sec(worst):
-                counts["dropped_tie"] += 1
-                continue
             counts["tie_broken"] += 1
         elif length_margin is not None:
-            near = [c for c in valid if c["score"] >= best["score"] - length_margin and c["score"] > worst["score"]]
+            near = [c for c in eligible if c["score"] >= best["score"] - length_margin and c["score"] > worst["score"]]
             short = min(near, key=lambda c: len(c["response"]))
             if short is not best:
                 counts["length_controlled"] += 1
@@ -64,36 +78,40 @@ def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = 
     return pairs, counts
 
 
-def select_positives(judged: list[dict], min_score: float) -> tuple[list[dict], Counter]:
-    """The paper's 'positive examples only' variant: responses scored at least `min_score`."""
+def select_positives(judged: list[dict], readout: str, truncated: bool = False) -> tuple[list[dict], Counter]:
+    """The positive-only variant's curated examples: responses that scored 5 out of 5 under
+    `readout` (`srlm.judging.is_top_score`), never one cut off by the token limit (unless `truncated`)."""
     out, counts = [], Counter()
     for row in sorted(judged, key=lambda r: r["candidate_id"]):
-        if row["score"] is not None and row["score"] >= min_score:
-            out.append({"id": row["candidate_id"], "prompt": row["prompt"], "response": row["response"],
-                        "score": row["score"]})
+        if not is_top_score(row["score"], readout):
+            continue
+        if row.get("finish_reason") == "length" and not truncated:
+            counts["truncated_not_chosen"] += 1
+            continue
+        out.append({"id": row["candidate_id"], "prompt": row["prompt"], "response": row["response"],
+                    "score": row["score"]})
     counts["positives"] = len(out)
     counts["prompts"] = len({r["prompt_id"] for r in judged})
     return out, counts
 
 
-def consistency(current: dict[str, float], previous: dict[str, float], measure: str = "kendall",
-                pair: tuple[str, str] | None = None) -> float | None:
+def consistency(current: dict[str, float], previous: dict[str, float], measure: str = "kendall") -> float | None:
     """CREAM's consistency C in [0, 1] between two models' scores of one prompt's candidates,
     aligned by candidate id (ids scored by only one model are left out).
 
-    - kendall: (τ_b + 1) / 2 (scipy's tau-b, which accounts for tied scores);
-    - spearman: (ρ + 1) / 2 over average ranks;
-    - top_bottom: does the previous model also put the pair's chosen above its rejected
-      candidate: 1, tie 0.5, reversed 0 (`pair` = (chosen id, rejected id)).
-    When one model gives every aligned candidate the same score, the rankings carry no evidence
-    either way: C = 0.5. None when fewer than two candidates are scored by both."""
+    - kendall: (τ_b + 1) / 2; spearman: (ρ + 1) / 2 over average ranks.
+
+    Tied scores: CREAM's code turns each model's rewards into ordinal ranks (argsort), so tied
+    candidates get distinct ranks in whatever order they came, and C then depends on that order.
+    Here tied scores stay tied: scipy's τ_b and Spearman's average ranks give a tie neither
+    agreement nor disagreement, and when one model gives every aligned candidate the same score
+    the rankings carry no evidence either way: C = 0.5. With judge scores (k judgments of 0..5
+    averaged) ties are common, so this is the difference that matters. None when fewer than two
+    candidates are scored by both."""
     from scipy.stats import kendalltau, spearmanr
 
-    if measure == "top_bottom":
-        if pair is None or any(i not in previous for i in pair):
-            return None
-        a, b = previous[pair[0]], previous[pair[1]]
-        return 1.0 if a > b else 0.5 if a == b else 0.0
+    if measure not in ("kendall", "spearman"):
+        raise ValueError(f"unknown consistency measure {measure!r}")
     ids = sorted(set(current) & set(previous))
     if len(ids) < 2:
         return None
@@ -117,8 +135,7 @@ def attach_consistency(pairs: list[dict], current: list[dict], previous: list[di
         return out
 
     cur, prev = scores(current), scores(previous)
-    values = [consistency(cur.get(p["id"], {}), prev.get(p["id"], {}), measure, (p["chosen_id"], p["rejected_id"]))
-              for p in pairs]
+    values = [consistency(cur.get(p["id"], {}), prev.get(p["id"], {}), measure) for p in pairs]
     known = [v for v in values if v is not None]
     fill = sum(known) / len(known) if known else 0.5
     counts = Counter(consistency_missing=len(values) - len(known))

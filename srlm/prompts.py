@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import random
 import re
+from collections import defaultdict
 from pathlib import Path
 
 JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "judge_additive.txt").read_text(encoding="utf-8").strip()
@@ -76,15 +77,75 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
 
 
-class PromptFilter:
-    """Decides whether a generated task is kept; counts why the others are dropped."""
+NEAR_DUPLICATE = 0.8  # difflib ratio of the normalized texts at which two instructions count as the same
 
-    def __init__(self, seed_prompts: list[str], min_words: int, max_words: int, leak_ratio: float = 0.8):
-        self.seeds = [normalize(s) for s in seed_prompts]
-        self.seen: set[str] = set(self.seeds)
-        self.min_words, self.max_words, self.leak_ratio = min_words, max_words, leak_ratio
+
+class NearDuplicates:
+    """Instructions indexed for "equal or nearly equal" look-ups: the same normalized text, or a
+    difflib ratio of at least NEAR_DUPLICATE. The ratio is only computed for texts that share a
+    word bigram (a single word for one-word texts) and are of comparable length, so a look-up
+    costs a few comparisons, not one per indexed text."""
+
+    def __init__(self, ratio: float = NEAR_DUPLICATE):
+        self.ratio = ratio
+        self.texts: list[str] = []
+        self.labels: list = []
+        self.exact: dict[str, list[int]] = defaultdict(list)
+        self.index: dict[tuple, set[int]] = defaultdict(set)
+
+    @staticmethod
+    def _shingles(norm: str) -> set[tuple]:
+        w = norm.split()
+        return {tuple(w)} if len(w) < 2 else set(zip(w, w[1:]))
+
+    def add(self, text: str, label=None) -> None:
+        norm, i = normalize(text), len(self.texts)
+        self.texts.append(norm)
+        self.labels.append(label)
+        self.exact[norm].append(i)
+        for sh in self._shingles(norm):
+            self.index[sh].add(i)
+
+    def matches(self, text: str) -> list:
+        """The labels of every indexed text equal or nearly equal to `text`, in the order added."""
+        norm = normalize(text)
+        if not norm:
+            return []
+        found = set(self.exact.get(norm, []))
+        cands = set().union(*(self.index.get(sh, ()) for sh in self._shingles(norm))) - found
+        for i in cands:
+            other = self.texts[i]
+            if abs(len(other) - len(norm)) <= len(norm) and \
+                    difflib.SequenceMatcher(None, other, norm).ratio() >= self.ratio:
+                found.add(i)
+        return [self.labels[i] for i in sorted(found)]
+
+    def first(self, text: str):
+        m = self.matches(text)
+        return m[0] if m else None
+
+
+class PromptFilter:
+    """Decides whether a generated task is kept; counts why the others are dropped.
+
+    A task equal or nearly equal to a seed instruction (the few-shot pool) is a `seed_leak`
+    (`duplicate_of_seed` when identical); to one of `reserved` (e.g. {"eval_leak": evaluation
+    instructions, "earlier_iteration": prompts of earlier iterations}), that key; to a task kept
+    before in this run, a `duplicate`."""
+
+    def __init__(self, seed_prompts: list[str], min_words: int, max_words: int,
+                 reserved: dict[str, list[str]] | None = None):
+        self.seeds = {normalize(s) for s in seed_prompts}
+        self.known = NearDuplicates()
+        for s in seed_prompts:
+            self.known.add(s, "seed_leak")
+        for reason, texts in (reserved or {}).items():
+            for t in texts:
+                self.known.add(t, reason)
+        self.min_words, self.max_words = min_words, max_words
         self.counts = {"kept": 0, "empty": 0, "too_short": 0, "too_long": 0, "bad_format": 0,
-                       "duplicate_of_seed": 0, "seed_leak": 0, "duplicate": 0}
+                       "duplicate_of_seed": 0, "seed_leak": 0, "duplicate": 0,
+                       **{reason: 0 for reason in reserved or {}}}
 
     def reason(self, task: str) -> str:
         norm = normalize(task)
@@ -99,31 +160,28 @@ class PromptFilter:
             return "too_long"
         if norm in self.seeds:
             return "duplicate_of_seed"
-        if norm in self.seen:
-            return "duplicate"
-        for s in self.seeds:
-            # quick length screen before the quadratic ratio
-            if abs(len(s) - len(norm)) <= len(norm) and difflib.SequenceMatcher(None, s, norm).ratio() >= self.leak_ratio:
-                return "seed_leak"
-        return "kept"
+        return self.known.first(task) or "kept"
 
     def add(self, task: str) -> bool:
         r = self.reason(task)
         self.counts[r] += 1
         if r == "kept":
-            self.seen.add(normalize(task))
+            self.known.add(task, "duplicate")
             return True
         return False
 
 
 def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots: int, max_attempts: int,
-                     min_words: int, max_words: int, sampling, seed: int) -> tuple[list[str], dict]:
+                     min_words: int, max_words: int, sampling, seed: int,
+                     reserved: dict[str, list[str]] | None = None) -> tuple[list[str], dict]:
     """Few-shot prompting from seed instructions until `num_prompts` new, filtered prompts are
-    found or `num_prompts * max_attempts` generations were tried."""
+    found or `num_prompts * max_attempts` generations were tried. `reserved`: instructions the new
+    prompts must differ from besides the seeds, by the reason counted when one is dropped
+    (`PromptFilter`)."""
     from dataclasses import replace
 
     rng = random.Random(seed)
-    filt = PromptFilter(seed_prompts, min_words, max_words)
+    filt = PromptFilter(seed_prompts, min_words, max_words, reserved)
     kept: list[str] = []
     budget = num_prompts * max_attempts
     tried = truncated = 0

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .config import judge_conflict, parse_params
 from .io import DataError, atomic_write_text
 
 
@@ -68,8 +69,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def tables(c: dict, scoring: str) -> dict[str, list[dict]]:
-    """The report's numbers as flat rows (also written as CSV for `dvc plots`)."""
+def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
+    """The report's numbers as flat rows (also written as CSV for `dvc plots`); `lineage` (params'
+    iterations) gives each model's lineage, to flag a head-to-head judge that is one of its matchup's sides or
+    trained from one."""
     models = []
     for m, v in c["models"].items():
         j, a = v["judge"], v["answer"]
@@ -96,7 +99,9 @@ def tables(c: dict, scoring: str) -> dict[str, list[dict]]:
     h2h = [{"matchup": n, "a": v["a"], "b": v["b"], "win": v["win_rate"], "tie": v["tie_rate"], "loss": v["loss_rate"],
             "win_rate": v["win_rate_ties_half"], "lc_win_rate": v["lc_win_rate"], "n": v["n"],
             "chars_a": v.get("mean_chars_x"), "chars_b": v.get("mean_chars_y"),
-            "first_position": v.get("verdicts_first_position")} for n, v in c["head_to_head"].items()]
+            "first_position": v.get("verdicts_first_position"), "judge": v.get("judge"),
+            "judge_conflict": judge_conflict(v.get("judge", ""), v["a"], v["b"], lineage) or ""}
+           for n, v in c["head_to_head"].items()]
     return {"models": models, "iterations": iterations, "head_to_head": h2h}
 
 
@@ -139,6 +144,11 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                         _f(r["win_rate"], True), _f(r["lc_win_rate"], True), _f(r["chars_a"], digits=0),
                         _f(r["chars_b"], digits=0), str(r["n"]), _f(r["first_position"], True)]
                        for r in t["head_to_head"]]))
+    flagged = [r for r in t["head_to_head"] if r["judge_conflict"]]
+    out += [""] + [f"- **Not an impartial judgment:** {r['a']} vs {r['b']}: {r['judge_conflict']} (judge "
+                   f"`{r['judge']}`); a model that judges its own answers, or a descendant's, favours them."
+                   for r in flagged] if flagged else ["", f"No matchup is judged by one of its sides or by a model "
+                                                           f"trained from one (judge `{params.evaluation.judge}`)."]
     out += ["", "An unbiased judge gives position A about half of its verdicts; near 100 % (or 0 %) means the "
             "verdicts follow the position, and the two-order rule turns them into ties "
             "(`evaluation.verdict: calibrated` averages p(A) over both orders instead)."]
@@ -252,7 +262,7 @@ def write_report(params, out_dir: Path = Path("reports")) -> dict:
     import pandas as pd
 
     c = collect(params)
-    t = tables(c, params.judge.scoring)
+    t = tables(c, params.judge.scoring, params.iterations)
     figs = figures(t, out_dir / "figures", params.judge.scoring)
     for name, rows in t.items():
         path = out_dir / "plots" / f"{name}.csv"
@@ -278,7 +288,6 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
     """A Markdown table of the headline numbers of several runs side by side."""
     import yaml
 
-    from .config import parse_params
 
     runs = {}
     for name in names:
@@ -287,7 +296,7 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
         else:
             rev = _resolve(name, root)
             params, load = parse_params(yaml.safe_load(git_text(rev, "params.yaml", root))), git_loader(rev, root)
-        runs[name] = (params, tables(collect(params, load), params.judge.scoring))
+        runs[name] = (params, tables(collect(params, load), params.judge.scoring, params.iterations))
     rows: dict[str, dict[str, str]] = {}
 
     def put(label, name, value):

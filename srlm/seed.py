@@ -2,19 +2,21 @@
 
 Three sources, one output schema:
 - builtin: the files under data/builtin, written for this project;
-- oasst1: OpenAssistant conversations through `datasets` (English first turns; the rank-0
-  reply for IFT; prompts not used for IFT with >= 2 ranked replies for the judge data);
+- oasst1: OpenAssistant conversations through `datasets` (English first turns; `max_ift` of the
+  prompts with a rank-0 reply for IFT; the other prompts with >= 2 ranked replies for the judge
+  data and its evaluation);
 - jsonl: the user's own files in the builtin schema.
 """
 from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from .io import DataError, read_jsonl
 from .judging import parse_score
+from .prompts import NearDuplicates, judge_prompt
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "builtin"
 IFT_SCHEMA = {"id": str, "instruction": str, "response": str}
@@ -47,9 +49,9 @@ def load_ranked(path) -> list[dict]:
     return out
 
 
-def load_gold(path) -> list[dict]:
+def load_gold(path, allow_empty: bool = False) -> list[dict]:
     out = []
-    for i, r in enumerate(read_jsonl(path, GOLD_SCHEMA), 1):
+    for i, r in enumerate(read_jsonl(path, GOLD_SCHEMA, allow_empty=allow_empty), 1):
         parsed = parse_score(r["judgment"])
         if parsed.score != r["score"]:
             raise DataError(f"{path}: record {i} (id {r['id']!r}): judgment must end with 'Score: {r['score']}' "
@@ -58,9 +60,12 @@ def load_gold(path) -> list[dict]:
     return out
 
 
-def load_oasst1(name_or_path: str, max_ift: int = 0) -> tuple[list[dict], list[dict]]:
-    """IFT and ranked sets from OpenAssistant oasst1 messages (hub id, or a local JSON/JSONL file
-    of messages in the same schema)."""
+def load_oasst1(name_or_path: str) -> tuple[list[dict], list[dict]]:
+    """The English first-turn prompts of OpenAssistant oasst1 (hub id, or a local JSON/JSONL file of
+    messages in the same schema), as two pools: `ift`, every prompt with a rank-0 reply, as that
+    reply (the paper's IFT candidates); `ranked`, every prompt with at least 2 ranked replies, in
+    rank order (the EFT and evaluation candidates). A prompt is usually in both: `oasst1_split`
+    decides which role it plays."""
     import datasets
 
     if os.path.isfile(name_or_path):
@@ -84,29 +89,85 @@ def load_oasst1(name_or_path: str, max_ift: int = 0) -> tuple[list[dict], list[d
     for p in firsts:
         ranked_replies = sorted((x for x in replies[p["message_id"]] if x.get("rank") is not None),
                                 key=lambda x: x["rank"])
-        if not ranked_replies:
-            continue
-        best = ranked_replies[0]
-        if best["rank"] == 0 and (not max_ift or len(ift) < max_ift):
-            ift.append({"id": f"oasst-{p['message_id']}", "instruction": p["text"], "response": best["text"],
-                        "category": ""})
-        elif len(ranked_replies) >= 2:
-            # Prompts used for IFT are kept out of the judge data, as in the paper.
-            ranked.append({"id": f"oasst-{p['message_id']}", "instruction": p["text"], "category": "",
+        rid = f"oasst-{p['message_id']}"
+        if ranked_replies and ranked_replies[0]["rank"] == 0:
+            ift.append({"id": rid, "instruction": p["text"], "response": ranked_replies[0]["text"], "category": ""})
+        if len(ranked_replies) >= 2 and len({x["rank"] for x in ranked_replies}) >= 2:
+            ranked.append({"id": rid, "instruction": p["text"], "category": "",
                            "responses": [{"text": x["text"], "rank": int(x["rank"])} for x in ranked_replies]})
     if not ift:
         raise DataError(f"{name_or_path}: no English first-turn prompt with a rank-0 reply")
     return ift, ranked
 
 
-def split(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split, independent of file order (records are sorted by id first)."""
-    recs = sorted(records, key=lambda r: r["id"])
-    random.Random(seed).shuffle(recs)
-    n_eval = round(len(recs) * eval_fraction)
-    if eval_fraction > 0 and len(recs) >= 2:
-        n_eval = max(1, min(n_eval, len(recs) - 1))
-    return recs[n_eval:], recs[:n_eval]
+def oasst1_split(ift: list[dict], ranked: list[dict], max_ift: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The paper's roles for oasst1's prompts: `max_ift` prompts with a rank-0 reply, drawn at random
+    (seeded), become IFT data (0 = all of them, which leaves ranked sets only from prompts without a
+    rank-0 reply); every other prompt with ranked replies becomes a ranked set. The two never share a
+    prompt ("which do not overlap with the IFT data")."""
+    chosen = limit(ift, max_ift, seed)
+    taken = {r["id"] for r in chosen}
+    return chosen, [r for r in ranked if r["id"] not in taken]
+
+
+def sft_pairs(ift_path, eft_path, max_ift: int, max_eft: int, seed: int) -> tuple[list[tuple[str, str]], dict]:
+    """M1's supervised data, as (prompt, target): seed IFT examples and EFT judge examples (the judge
+    prompt of Figure 2 -> the judgment), each subset seeded, shuffled together; and their counts.
+    The positive-only variant adds its curated examples to exactly this."""
+    ift = limit(load_ift(ift_path), max_ift, seed)
+    eft = limit(read_jsonl(eft_path, {"instruction": str, "response": str, "judgment": str}, allow_empty=True),
+                max_eft, seed)
+    pairs = [(r["instruction"], r["response"]) for r in ift]
+    pairs += [(judge_prompt(r["instruction"], r["response"]), r["judgment"]) for r in eft]
+    random.Random(seed).shuffle(pairs)
+    return pairs, {"ift_examples": len(ift), "eft_examples": len(eft)}
+
+
+def split(sources: dict[str, list[dict]], eval_fraction: float, seed: int) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Seeded train/eval splits of several record lists at once, e.g. {"ift": ..., "ranked": ...,
+    "gold": ...}, independent of file order, such that no evaluation instruction is equal or nearly
+    equal (`srlm.prompts.NearDuplicates`) to a training instruction of any list.
+
+    Records whose instructions are (nearly) the same, in any list, form a group that goes to one
+    side whole. Groups are visited in a seeded order and put on the eval side while every list they
+    touch stays within its quota, round(n * eval_fraction) (at least 1 of n >= 2, at most n - 1)."""
+    recs = [(name, r) for name, rs in sources.items() for r in sorted(rs, key=lambda r: r["id"])]
+    parent = list(range(len(recs)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    index = NearDuplicates()
+    for i, (_, r) in enumerate(recs):
+        for j in index.matches(r["instruction"]):
+            parent[root(j)] = root(i)
+        index.add(r["instruction"], i)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(recs)):
+        groups[root(i)].append(i)
+    order = sorted(groups.values(), key=lambda g: (recs[g[0]][0], recs[g[0]][1]["id"]))
+    random.Random(seed).shuffle(order)
+
+    def quota(n):
+        q = round(n * eval_fraction)
+        return max(1, min(q, n - 1)) if eval_fraction > 0 and n >= 2 else q
+
+    room = {name: quota(len(rs)) for name, rs in sources.items()}
+    in_eval = set()
+    for g in order:
+        need = Counter(recs[i][0] for i in g)
+        if all(room[name] >= k for name, k in need.items()):
+            for name, k in need.items():
+                room[name] -= k
+            in_eval.update(g)
+    out = {}
+    for name in sources:
+        idx = [i for i in range(len(recs)) if recs[i][0] == name]
+        out[name] = ([recs[i][1] for i in idx if i not in in_eval], [recs[i][1] for i in idx if i in in_eval])
+    return out
 
 
 def limit(records: list[dict], n: int, seed: int) -> list[dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -78,8 +79,28 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def tracked(params, keys: list[str]) -> dict:
+    """The values of a stage's `PARAMS` (dotted keys of params.yaml, exactly its `params:` in dvc.yaml,
+    which tests/test_dvc_graph.py checks): what its MLflow run logs and its checkpoints are keyed by."""
+    out = {}
+    for key in keys:
+        value = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = section_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
 def iteration_dir(key: str) -> Path:
     return Path("data") / f"it{key}"
+
+
+def reserved_path(model: str) -> Path:
+    """The instructions that the prompts generated in M_<model>'s iteration must differ from (every
+    evaluation instruction, and the prompts of earlier iterations), one {instruction, source} a line:
+    prepare_seed writes m1's, gen_prompts@t extends M_t's into M_{t+1}'s. Keyed by model name
+    because DVC cannot compute t - 1 for iteration t's dependency."""
+    return Path("data") / "reserved" / f"{model}.jsonl"
 
 
 def model_path(name: str) -> Path:
@@ -94,8 +115,9 @@ def matchup_dir(name: str) -> Path:
     return Path("data") / "eval" / "head_to_head" / name
 
 
-def generator(params, model: str, name: str):
-    """The one place stages get a generator: `model`'s, behind the `generation` params, keeping its
+def generator(params, model: str | Path, name: str):
+    """The one place stages get a generator: `model`'s (a pipeline model's name, or a model
+    directory given as a Path), behind the `generation` params, keeping its
     progress in shards so that a rerun of stage instance `name` after an interruption resumes
     (srlm.resume). The model itself is loaded only if some shard is left to compute."""
     from .generation import make_generator
@@ -103,9 +125,9 @@ def generator(params, model: str, name: str):
     from .resume import ResumableGenerator, work_dir
 
     gen, trust = params.generation, params.model.trust_remote_code
-    model_dir = model_path(model)
+    model_dir = model if isinstance(model, Path) else model_path(model)
     tokenizer = load_tokenizer(model_dir, trust)
-    progress = work_dir(name, {"generation": section_dict(gen), "model": model, "trust_remote_code": trust},
+    progress = work_dir(name, {"generation": section_dict(gen), "model": str(model), "trust_remote_code": trust},
                         [model_dir])
     return ResumableGenerator(lambda: make_generator(gen.backend, model_dir, gen.batch_size, gen.dtype, trust,
                                                      gen.tensor_parallel_size, gen.gpu_memory_utilization),

@@ -3,22 +3,21 @@ evaluation.temperature > 0), also exported in AlpacaEval's model_outputs format.
 import json
 
 from srlm import seed, stage
-from srlm.config import section_dict
 from srlm.evaluation import answer_prompts
 from srlm.generation import SamplingParams
 from srlm.io import atomic_write_text, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "generation", "evaluation.prompts", "evaluation.temperature", "evaluation.top_p",
+          "evaluation.max_new_tokens", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 PROMPTS = "data/seed/ift_eval.jsonl"
 
 
 def run(params, model):
-    ev, gen = params.evaluation, params.generation
+    ev = params.evaluation
     out = stage.eval_dir(model)
-    tracked = {"model": model, "evaluation": {k: getattr(ev, k) for k in ("prompts", "temperature", "top_p",
-                                                                           "max_new_tokens")},
-               "generation": section_dict(gen), "seed": params.seed}
-    with stage_run("answer", tracked, instance=model):
+    with stage_run("answer", stage.tracked(params, PARAMS) | {"model": model}, instance=model):
         prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, params.seed)
         generator = stage.generator(params, model, f"answer@{model}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,

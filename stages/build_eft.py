@@ -1,18 +1,19 @@
 """build_eft: the SFT baseline judges the ranked train responses; judgments whose scores agree
 with the human ranking become EFT data (plus the gold judgments when eft.include_gold)."""
 from srlm import seed, stage
-from srlm.config import section_dict
 from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.judging import build_eft
 from srlm.tracking import stage_run, write_metrics
 
-RANKED, GOLD = "data/seed/ranked_train.jsonl", "data/seed/gold_judgments.jsonl"
+PARAMS = ["seed", "eft", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
+RANKED, GOLD = "data/seed/ranked_train.jsonl", "data/seed/gold_train.jsonl"
 
 
 def run(params):
-    cfg, gen = params.eft, params.generation
-    with stage_run("build_eft", {"eft": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed}):
+    cfg = params.eft
+    with stage_run("build_eft", stage.tracked(params, PARAMS)):
         ranked = seed.limit(seed.load_ranked(RANKED), cfg.max_sets, params.seed)
         examples, metrics = [], {"ranked_sets": 0, "sets_agreeing": 0}
         if cfg.attempts and ranked:
@@ -24,7 +25,7 @@ def run(params):
         if cfg.include_gold:
             gold = [{"id": g["id"], "instruction": g["instruction"], "response": g["response"],
                      "judgment": g["judgment"], "score": g["score"], "source": "gold"}
-                    for g in seed.load_gold(GOLD)]
+                    for g in seed.load_gold(GOLD, allow_empty=True)]
         write_jsonl("data/eft/train.jsonl", examples + gold)
         write_metrics("metrics/build_eft.json", metrics | {"eft_from_baseline": len(examples), "eft_gold": len(gold),
                                                           "eft_total": len(examples) + len(gold)})

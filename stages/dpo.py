@@ -1,32 +1,45 @@
-"""dpo@t: DPO from M_t on the iteration's pairs -> M_{t+1} (SFT on positives in pairs.mode=positive).
-With method=cream the loss is CREAM's consistency-regularized DPO, weighted by each pair's C."""
-from srlm import stage
-from srlm.config import section_dict
+"""dpo@t: DPO from M_t on the iteration's pairs -> M_{t+1}, with M_t as the reference. With method=cream
+the loss is CREAM's consistency-regularized DPO, weighted by each pair's C. With pairs.mode=positive,
+the paper's "positive examples only" variant instead: the responses scored 5 are added to the seed
+IFT + EFT data and M0 is fine-tuned on them with the sft params, as M1 was."""
+import random
+
+from srlm import seed, stage
 from srlm.io import read_jsonl
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
 from srlm.training import (checkpoint_dir, distribute, dpo_examples, is_main_process, sft_examples, train_dpo,
                            train_sft)
 
+PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
+IFT, EFT = "data/seed/ift_train.jsonl", "data/eft/train.jsonl"
+
 
 def run(params, key, it):
     distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
-    cfg = params.dpo
     d = stage.iteration_dir(key)
-    src, dst = stage.model_path(it["model"]), stage.model_path(it["next"])
-    tracked = {"dpo": section_dict(cfg), "seed": params.seed, "method": params.method, "cream.loss": params.cream.loss}
+    dst = stage.model_path(it["next"])
+    rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
+    positive = rows[0]["kind"] == "positive"
+    cfg = params.sft if positive else params.dpo
+    tracked = stage.tracked(params, PARAMS)
     with stage_run("dpo", tracked, iteration=key):
-        rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
         common = dict(seed=params.seed + int(key), trust_remote_code=params.model.trust_remote_code)
-        if rows[0]["kind"] == "positive":
-            train, examples = train_sft, sft_examples([(r["prompt"], r["response"]) for r in rows])
+        extra = {}
+        if positive:
+            src, train = stage.model_path("m0"), train_sft
+            pairs, extra = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples, params.seed)
+            pairs += [(r["prompt"], r["response"]) for r in rows]
+            random.Random(params.seed + int(key)).shuffle(pairs)
+            examples, extra["positives"] = sft_examples(pairs), len(rows)
         else:
-            train, examples = train_dpo, dpo_examples(rows)
+            src, train, examples = stage.model_path(it["model"]), train_dpo, dpo_examples(rows)
             common["consistency"] = params.cream.loss if params.method == "cream" else "none"
         work = checkpoint_dir(f"dpo@{key}", tracked, src, examples, params.distributed)
         metrics = train(src, dst, examples, cfg, work_dir=work, **common)
         if is_main_process():
-            write_metrics(d / "metrics" / "dpo.json", metrics)
-            record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": it["model"],
+            write_metrics(d / "metrics" / "dpo.json", metrics | extra | {"mode": rows[0]["kind"]})
+            record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": "m0" if positive else it["model"],
                                            "data": data_hashes(d / "pairs.jsonl")})
 
 

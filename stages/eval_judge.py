@@ -1,21 +1,20 @@
 """eval_judge@<model>: the model judges every response of the held-out ranked sets; agreement with
 the human ranks (pairwise accuracy, 5-best, exact match, Spearman, Kendall) for both readouts."""
 from srlm import seed, stage
-from srlm.config import section_dict
 from srlm.evaluation import judge_ranked_sets
 from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "judge", "generation", "evaluation.ranked_sets", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 RANKED = "data/seed/ranked_eval.jsonl"
 
 
 def run(params, model):
-    cfg, ev, gen = params.judge, params.evaluation, params.generation
+    cfg, ev = params.judge, params.evaluation
     out = stage.eval_dir(model)
-    with stage_run("eval_judge", {"model": model, "judge": section_dict(cfg), "evaluation.ranked_sets": ev.ranked_sets,
-                                  "generation": section_dict(gen), "seed": params.seed},
-                   instance=model):
+    with stage_run("eval_judge", stage.tracked(params, PARAMS) | {"model": model}, instance=model):
         sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, params.seed)
         generator = stage.generator(params, model, f"eval_judge@{model}")
         # The same seed for every model: differences come from the models, not the draws.

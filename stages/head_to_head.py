@@ -1,26 +1,27 @@
-"""head_to_head@<a>_vs_<b>: the evaluation judge compares model a's and model b's responses to the
+"""head_to_head@<a>_vs_<b>: the evaluation judge (evaluation.judge, any model directory) compares model a's and model b's responses to the
 held-out prompts in both orders; disagreement is a tie. Win/tie/loss from a's side, and the
 win rate with the length difference regressed out."""
+from pathlib import Path
+
 from srlm import stage
-from srlm.config import section_dict
 from srlm.evaluation import head_to_head
 from srlm.generation import SamplingParams
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "generation", "evaluation.judge", "evaluation.verdict", "evaluation.temperature",
+          "evaluation.top_p", "evaluation.verdict_max_new_tokens", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 RESPONSES = {"id": str, "instruction": str, "output": str}
 
 
 def run(params, name, matchup):
-    ev, gen = params.evaluation, params.generation
+    ev = params.evaluation
     out = stage.matchup_dir(name)
-    tracked = {"matchup": matchup, "evaluation": {k: getattr(ev, k) for k in ("judge", "verdict", "temperature",
-                                                                               "verdict_max_new_tokens")},
-               "generation": section_dict(gen), "seed": params.seed}
-    with stage_run("head_to_head", tracked, instance=name):
+    with stage_run("head_to_head", stage.tracked(params, PARAMS) | {"matchup": matchup}, instance=name):
         x = read_jsonl(stage.eval_dir(matchup["a"]) / "responses.jsonl", RESPONSES)
         y = read_jsonl(stage.eval_dir(matchup["b"]) / "responses.jsonl", RESPONSES)
-        generator = stage.generator(params, ev.judge, f"head_to_head@{name}")
+        generator = stage.generator(params, Path(ev.judge), f"head_to_head@{name}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p,
                                   max_new_tokens=ev.verdict_max_new_tokens, seed=params.seed + 303)
         try:

@@ -1,16 +1,16 @@
 """judge@t: M_t scores each candidate with the paper's rubric, judge.samples judgments averaged."""
 from srlm import stage
-from srlm.config import section_dict
 from srlm.generation import SamplingParams
 from srlm.io import read_jsonl, write_jsonl
 from srlm.judging import CANDIDATE, judge_candidates
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "judge", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 def run(params, key, it):
-    cfg, gen = params.judge, params.generation
+    cfg = params.judge
     d = stage.iteration_dir(key)
-    with stage_run("judge", {"judge": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed},
-                   iteration=key):
+    with stage_run("judge", stage.tracked(params, PARAMS), iteration=key):
         cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
         generator = stage.generator(params, it["model"], f"judge@{key}")
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -2,16 +2,16 @@
 that pairs@t can measure how consistent the two rankings are. With method=srlm it writes an
 empty file and does no work."""
 from srlm import stage
-from srlm.config import section_dict
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "method", "judge", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 
 def run(params, key, it):
-    cfg, gen = params.judge, params.generation
+    cfg = params.judge
     d = stage.iteration_dir(key)
-    with stage_run("judge_prev", {"method": params.method, "judge": section_dict(cfg),
-                                  "generation": section_dict(gen), "seed": params.seed}, iteration=key):
+    with stage_run("judge_prev", stage.tracked(params, PARAMS), iteration=key):
         if params.method != "cream":
             write_jsonl(d / "judgments_prev.jsonl", [])
             write_metrics(d / "metrics" / "judge_prev.json", {"method": params.method, "candidates": 0})

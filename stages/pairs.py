@@ -1,15 +1,17 @@
-"""pairs@t: highest vs lowest scored candidate per prompt (ties broken by the other readout, else
-dropped), or the positive-only variant. With method=cream each pair also gets the consistency C
+"""pairs@t: highest vs lowest scored candidate per prompt (prompts whose candidates all tie are
+dropped unless pairs.tie_break says otherwise; a candidate cut off by the token limit is never
+chosen), or the positive-only variant's responses scored 5. With method=cream each pair also gets the consistency C
 between M_t's and M_{t-1}'s rankings of its prompt's candidates."""
 from statistics import mean
 
 from srlm import stage
-from srlm.config import section_dict
 from srlm.evaluation import longer_wins_rate
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.judging import CANDIDATE
 from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
+
+PARAMS = ["pairs", "method", "cream.consistency", "judge.scoring"]  # exactly its params: in dvc.yaml
 
 def _check_scores(rows, path):
     for i, r in enumerate(rows, 1):
@@ -21,18 +23,16 @@ def _check_scores(rows, path):
 def run(params, key, it):
     cfg = params.pairs
     d = stage.iteration_dir(key)
-    tracked = {"pairs": section_dict(cfg), "method": params.method, "cream": section_dict(params.cream),
-               "judge.scoring": params.judge.scoring}
-    with stage_run("pairs", tracked, iteration=key):
+    with stage_run("pairs", stage.tracked(params, PARAMS), iteration=key):
         judged = read_jsonl(d / "judgments.jsonl", CANDIDATE)
         _check_scores(judged, d / "judgments.jsonl")
         if cfg.mode == "preference":
-            # The readout not used for `score` breaks ties (the expected score when pairing on sampled).
-            tiebreak = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
-            rows, counts = select_pairs(judged, cfg.min_valid, tiebreak,
-                                        cfg.length_margin if cfg.length_control else None)
+            # tie_break: other_readout lets the readout not used for `score` decide ties (opt-in).
+            other = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
+            rows, counts = select_pairs(judged, cfg.min_valid, other if cfg.tie_break == "other_readout" else None,
+                                        cfg.length_margin if cfg.length_control else None, cfg.truncated_chosen)
         else:
-            rows, counts = select_positives(judged, cfg.positive_score)
+            rows, counts = select_positives(judged, params.judge.scoring, truncated=cfg.truncated_chosen)
         scored_rate = sum(r.get("score") is not None for r in judged) / len(judged)
         if not rows:
             raise DataError(f"pairs@{key}: no usable training data from {len(judged)} judged candidates "

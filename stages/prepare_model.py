@@ -1,14 +1,15 @@
 """prepare_model: resolve model.base to a trainable checkpoint in models/m0."""
 from srlm import stage
-from srlm.config import section_dict
 from srlm.modeling import prepare_base_model
 from srlm.io import atomic_dir
 from srlm.tracking import record_model, stage_run, write_metrics
 
+PARAMS = ["model"]  # exactly its params: in dvc.yaml
+
 
 def run(params):
     cfg = params.model
-    with stage_run("prepare_model", {"model": section_dict(cfg)}):
+    with stage_run("prepare_model", stage.tracked(params, PARAMS)):
         with atomic_dir(stage.model_path("m0")) as tmp:
             info = prepare_base_model(cfg.base, tmp, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         write_metrics("metrics/prepare_model.json", {"parameters": info["parameters"]})

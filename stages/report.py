@@ -4,9 +4,11 @@ from srlm import stage
 from srlm.report import write_report
 from srlm.tracking import log_artifact, stage_run
 
+PARAMS = ["method", "judge.scoring", "evaluation", "iterations", "model.base"]  # exactly its params: in dvc.yaml
+
 
 def run(params):
-    with stage_run("report", {"method": params.method, "judge.scoring": params.judge.scoring}):
+    with stage_run("report", stage.tracked(params, PARAMS)):
         write_report(params)
         log_artifact("reports/report.md")
 

@@ -2,17 +2,17 @@
 from statistics import mean
 
 from srlm import stage
-from srlm.config import section_dict
 from srlm.generation import SamplingParams, sample_responses
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+PARAMS = ["seed", "sample", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+
 
 def run(params, key, it):
-    cfg, gen = params.sample, params.generation
+    cfg = params.sample
     d = stage.iteration_dir(key)
-    with stage_run("sample", {"sample": section_dict(cfg), "generation": section_dict(gen), "seed": params.seed},
-                   iteration=key):
+    with stage_run("sample", stage.tracked(params, PARAMS), iteration=key):
         prompts = read_jsonl(d / "prompts.jsonl", {"id": str, "prompt": str})
         generator = stage.generator(params, it["model"], f"sample@{key}")
         sampling = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -1,8 +1,11 @@
 """sft_baseline: M0 fine-tuned on seed IFT only (the paper's SFT baseline)."""
 from srlm import seed, stage
-from srlm.config import section_dict
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
 from srlm.training import checkpoint_dir, distribute, is_main_process, sft_examples, train_sft
+
+PARAMS = ["seed", "sft.epochs", "sft.learning_rate", "sft.final_learning_rate", "sft.batch_size", "sft.grad_accum",
+          "sft.max_length", "sft.warmup_ratio", "sft.max_ift_examples", "sft.gradient_checkpointing",
+          "sft.precision", "sft.save_steps", "sft.lora", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
 
 IFT = "data/seed/ift_train.jsonl"
 
@@ -10,7 +13,7 @@ IFT = "data/seed/ift_train.jsonl"
 def run(params):
     distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
     cfg = params.sft
-    tracked = {"sft": section_dict(cfg), "seed": params.seed}
+    tracked = stage.tracked(params, PARAMS)
     with stage_run("sft_baseline", tracked):
         ift = seed.limit(seed.load_ift(IFT), cfg.max_ift_examples, params.seed)
         examples = sft_examples([(r["instruction"], r["response"]) for r in ift])

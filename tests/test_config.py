@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from srlm.config import ConfigError, load_params, parse_params
+from srlm.config import ConfigError, judge_conflict, lineage, load_params, parse_params
 
 
 def test_shipped_params_parse_with_paper_defaults():
@@ -9,7 +9,13 @@ def test_shipped_params_parse_with_paper_defaults():
     assert (p.sample.n, p.sample.temperature, p.sample.top_p) == (4, 0.7, 0.9)
     assert p.judge.samples == 3 and p.dpo.beta == 0.1 and p.gen_prompts.shots == 8
     assert list(p.iterations) == ["1", "2"] and p.iterations["2"] == {"prev": "m1", "model": "m2", "next": "m3"}
-    assert p.method == "srlm" and p.evaluation.judge == "m3" and "m3_vs_m2" in p.evaluation.matchups
+    assert p.method == "srlm" and "m3_vs_m2" in p.evaluation.matchups
+    assert p.iterations["1"]["prev"] == "m0"                  # CREAM's code: M1's predecessor
+    assert p.pairs.tie_break == "none" and not p.pairs.truncated_chosen   # the paper drops ties
+    # the default head-to-head judge is no side of any matchup and trained from none of them
+    assert p.evaluation.judge == "models/m0"
+    assert all(judge_conflict(p.evaluation.judge, m["a"], m["b"], p.iterations) is None
+               for m in p.evaluation.matchups.values())
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -29,7 +35,11 @@ def test_shipped_params_parse_with_paper_defaults():
     ({"method": "rlhf"}, "choose one of 'srlm', 'cream'"),
     ({"cream": {"loss": "mean"}}, "choose one of 'dynamic', 'average'"),
     ({"evaluation": {"models": ["m0", "m5"]}}, "evaluation.models = 'm5' is not a model"),
-    ({"evaluation": {"judge": "sft_basline"}}, "did you mean 'sft_baseline'"),
+    ({"evaluation": {"judge": "models/sft_basline"}}, "neither a model of this pipeline"),
+    ({"evaluation": {"judge": "../judge"}}, "evaluation.judge = '../judge' points outside"),
+    ({"sft": {"learning_rate": 1e-6, "final_learning_rate": 1e-5}}, "sft.final_learning_rate = 1e-05 is above"),
+    ({"pairs": {"tie_break": "expected"}}, "choose one of 'none', 'other_readout'"),
+    ({"cream": {"consistency": "top_bottom"}}, "choose one of 'kendall', 'spearman'"),
     ({"evaluation": {"models": ["m0", "m1"], "matchups": {"x": {"a": "m1", "b": "sft_baseline"}}}},
      "matchups.x.b = 'sft_baseline' is not in evaluation.models"),
     ({"evaluation": {"matchups": {"x": {"a": "m1"}}}}, "exactly the keys a and b"),
@@ -63,3 +73,14 @@ def test_paths_inside_the_project_or_absolute_are_accepted():
     p = parse_params({"seed_data": {"ift_path": "data/mine/../mine/ift.jsonl", "ranked_path": "/abs/ranked.jsonl"},
                       "model": {"base": "HuggingFaceTB/SmolLM2-135M-Instruct"}})
     assert p.seed_data.ranked_path == "/abs/ranked.jsonl"
+
+
+def test_a_judge_that_is_a_side_of_its_matchup_or_descends_from_one_is_flagged():
+    its = load_params("params.yaml").iterations
+    assert lineage("m3", its) == ["m3", "m2", "m1", "m0"] and lineage("sft_baseline", its) == ["sft_baseline", "m0"]
+    assert judge_conflict("models/m3", "m3", "m2", its) == "the judge is m3 itself"
+    assert judge_conflict("models/m2", "m1", "sft_baseline", its) == "the judge (m2) is trained from m1"
+    assert judge_conflict("models/sft_baseline", "m2", "m1", its) is None
+    assert judge_conflict("models/m0", "m3", "sft_baseline", its) is None
+    assert judge_conflict("judges/outside", "m3", "m2", its) is None   # an outside judge
+    assert parse_params({"evaluation": {"judge": "/abs/judge"}}).evaluation.judge == "/abs/judge"

@@ -58,7 +58,7 @@ def test_perfect_judge_scores_one_everywhere():
     # pairs: 6 + 2 (the human tie (1,2) excluded) + 1 = 9, all correct, none tied
     assert m["pairs"] == 9
     assert m["pairwise_accuracy"] == 1.0 and m["pairwise_tie_rate"] == 0.0
-    assert m["five_best"] == 1.0 and m["five_best_count"] == 3
+    assert m["five_best"] == 1.0 and m["five_best_count"] == 2   # 4.8 is no "5 out of 5" when sampled
     assert m["exact_match"] == 1.0 and m["scored_rate"] == 1.0
     assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
     assert m["correlation_sets"] == 3
@@ -89,15 +89,34 @@ def test_five_best_with_continuous_scores():
         one([0, 1], [4.0, 4.5]),   # 4.5 rounds half up to 5 but is not the best -> counts, not best
         one([1, 0, 0], [2.0, 1.0, 5.0]),  # tie for first: a 5 on either rank-0 response is "best"
     ]
-    m = reward_model_metrics(sets)
+    m = reward_model_metrics(sets, "expected")
     # counted: 4.6 (best), 4.5 (not), 5.0 (best) -> 2 / 3
     assert m["five_best_count"] == 3
     assert m["five_best"] == pytest.approx(2 / 3)
 
 
-def test_five_best_top_score_parameter():
-    m = reward_model_metrics([one([0, 1], [9.6, 3.0])], top_score=10)
+def test_five_best_under_the_sampled_readout_needs_every_judgment_to_say_5():
+    # judgments 5, 5, 4 average 4.67: no "perfect 5 out of 5" for the parsed readout
+    sets = [one([1, 0], [14 / 3, 3.0]), one([0, 1], [5.0, 2.0])]
+    m = reward_model_metrics(sets, "sampled")
     assert (m["five_best_count"], m["five_best"]) == (1, 1.0)
+    m = reward_model_metrics(sets, "expected")   # 4.67 rounds to 5 for the expected readout
+    assert (m["five_best_count"], m["five_best"]) == (2, 0.5)
+
+
+def test_pooled_correlations_keep_the_sets_a_per_set_mean_skips():
+    # a perfect set and a set the judge scored constant: the per-set mean sees only the first
+    m = reward_model_metrics([one([0, 1, 2], [5, 4, 3]), one([0, 1, 2], [3, 3, 3])])
+    assert m["correlation_sets"] == 1 and m["correlation_sets_skipped"] == 1
+    assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
+    # Kendall: 3 concordant pairs + 3 judge-tied pairs: 3 / sqrt((6 - 3) * 6)
+    assert m["kendall_pooled"] == pytest.approx(3 / math.sqrt(18))
+    # Spearman: centred ranks (1, 0, -1) and (0, 0, 0) vs (1, 0, -1) twice: 2 / sqrt(2 * 4)
+    assert m["spearman_pooled"] == pytest.approx(2 / math.sqrt(8))
+    # a perfect judge is perfect pooled too; a reversed one is -1
+    assert reward_model_metrics([one([0, 1, 2], [5, 4, 3]), one([0, 1], [4, 1])])["kendall_pooled"] == 1.0
+    rev = reward_model_metrics([one([0, 1, 2], [1, 2, 3]), one([0, 1], [1, 4])])
+    assert rev["kendall_pooled"] == -1.0 and rev["spearman_pooled"] == pytest.approx(-1.0)
 
 
 def test_exact_match_requires_matching_ties():

@@ -100,3 +100,32 @@ def test_candidate_scores_keep_both_readouts():
     assert none == {"sampled_score": None, "expected_score": None, "score": None}
     with pytest.raises(ValueError, match="expected=True"):
         candidate_scores({"scores": [4]}, "expected")
+
+
+def test_the_expected_readout_records_the_digit_mass_and_counts_noise(tiny_model_dir):
+    """Per judgment, how much next-token probability the digits had before renormalising; the
+    judge's metrics count the judgments where it was below LOW_DIGIT_MASS."""
+    import torch
+
+    from srlm.generation import Completion, SamplingParams
+    from srlm.judging import LOW_DIGIT_MASS, judge_candidates
+    from srlm.modeling import load_tokenizer
+
+    class Stub:
+        tokenizer = load_tokenizer(tiny_model_dir)
+
+        def generate(self, prompts, sampling, desc=""):
+            return [[Completion("Fine.\nScore: 4", 5, "stop")] * sampling.n for _ in prompts]
+
+        def next_token_probs(self, prompts, conts, token_ids, desc=""):
+            # candidate 0: all mass on "4"; candidate 1: 0.1 spread over the digits (noise)
+            return [torch.tensor([[0, 0, 0, 0, 0.9, 0]] * 2), torch.tensor([[0.1 / 6] * 6] * 2)][:len(prompts)]
+
+    cands = [{"prompt_id": "p", "candidate_id": f"p-c{j}", "prompt": "q", "response": f"r{j}",
+              "finish_reason": "length" if j else "stop"} for j in range(2)]
+    rows, m = judge_candidates(Stub(), cands, SamplingParams(n=2), "expected")
+    assert rows[0]["digit_mass"] == [0.9, 0.9] and rows[1]["digit_mass"] == [0.1, 0.1]
+    assert rows[0]["expected_score"] == 4.0 and rows[1]["expected_score"] == 2.5
+    assert [r["finish_reason"] for r in rows] == ["stop", "length"]   # carried on for `pairs`
+    assert m["low_digit_mass_judgments"] == 2 and 0.1 < LOW_DIGIT_MASS < 0.9
+    assert m["digit_mass_mean"] == pytest.approx(0.5) and m["digit_mass_min"] == pytest.approx(0.1)

@@ -1,4 +1,7 @@
+import math
 import random
+
+import pytest
 
 from srlm.pairing import select_pairs, select_positives
 
@@ -27,29 +30,51 @@ def test_pairs_do_not_depend_on_row_order():
     assert select_pairs(judged)[0] == select_pairs(shuffled)[0]
 
 
-def test_positive_only_variant():
-    judged = [row("a", 0, 5.0), row("a", 1, 4.0), row("b", 0, None)]
-    pos, counts = select_positives(judged, 5.0)
-    assert [p["id"] for p in pos] == ["a-c0"] and counts["positives"] == 1
+def test_positive_only_variant_keeps_what_scored_5_under_each_readout():
+    judged = [row("a", 0, 5.0), row("a", 1, 14 / 3), row("a", 2, 4.5), row("b", 0, None),
+              row("b", 1, 5.0) | {"finish_reason": "length"}]
+    pos, counts = select_positives(judged, "sampled")
+    assert [p["id"] for p in pos] == ["a-c0"] and counts["positives"] == 1   # 5, 5, 4 is no 5
+    assert counts["truncated_not_chosen"] == 1                               # b-c1 was cut off
+    pos, _ = select_positives(judged, "expected")            # the expected score rounds to 5
+    assert [p["id"] for p in pos] == ["a-c0", "a-c1", "a-c2"]
+    assert [p["id"] for p in select_positives(judged, "sampled", truncated=True)[0]] == ["a-c0", "b-c1"]
+
+
+def test_truncated_candidates_are_never_chosen_by_default():
+    judged = [row("a", 0, 5.0) | {"finish_reason": "length"}, row("a", 1, 4.0) | {"finish_reason": "stop"},
+              row("a", 2, 1.0) | {"finish_reason": "length"},            # may still be rejected
+              row("b", 0, 5.0) | {"finish_reason": "length"}, row("b", 1, 2.0) | {"finish_reason": "stop"},
+              row("c", 0, 3.0) | {"finish_reason": "length"}, row("c", 1, 1.0) | {"finish_reason": "length"}]
+    pairs, counts = select_pairs(judged)
+    by_id = {p["id"]: p for p in pairs}
+    assert (by_id["a"]["chosen_id"], by_id["a"]["rejected_id"]) == ("a-c1", "a-c2")
+    assert "b" not in by_id and "c" not in by_id     # b: only the worst is complete; c: none is
+    assert counts["truncated_not_chosen"] == 1 and counts["dropped_truncated"] == 2
+    pairs, counts = select_pairs(judged, truncated_chosen=True)
+    assert [p["chosen_id"] for p in pairs] == ["a-c0", "b-c0", "c-c0"] and not counts["dropped_truncated"]
 
 
 def scored(pid, j, score, expected=None, response=None):
     return row(pid, j, score) | {"expected_score": expected, "response": response or f"{pid} r{j}"}
 
 
-def test_tie_rules_average_then_expected_then_drop():
-    judged = [scored("a", 0, 3.0, 2.9), scored("a", 1, 3.0, 3.4), scored("a", 2, 3.0, 3.1),   # all tied: expected decides
-              scored("b", 0, 4.0, 1.0), scored("b", 1, 4.0, 4.2), scored("b", 2, 2.0, 2.0),   # tied best: expected picks
-              scored("c", 0, 3.0, 3.0), scored("c", 1, 3.0, 3.0),                          # tied both ways: dropped
-              scored("d", 0, 3.0, None), scored("d", 1, 3.0, None)]                        # no fallback: dropped
+def test_all_tied_prompts_are_dropped_unless_the_other_readout_is_asked_to_break_them():
+    judged = [scored("a", 0, 3.0, 2.9), scored("a", 1, 3.0, 3.4), scored("a", 2, 3.0, 3.1),   # all tied
+              scored("b", 0, 4.0, 1.0), scored("b", 1, 4.0, 4.2), scored("b", 2, 2.0, 2.0),   # tied best
+              scored("c", 0, 3.0, 3.0), scored("c", 1, 3.0, 3.0),                          # tied both ways
+              scored("d", 0, 3.0, None), scored("d", 1, 3.0, None)]                        # no second score
+    # the paper (the default): every prompt whose candidates all tie is discarded
+    pairs, counts = select_pairs(judged)
+    assert [(p["id"], p["chosen_id"], p["rejected_id"]) for p in pairs] == [("b", "b-c0", "b-c2")]
+    assert counts["dropped_tie"] == 3 and not counts["tie_broken"]
+    # opt-in: the other readout decides
     pairs, counts = select_pairs(judged, tiebreak="expected_score")
     by_id = {p["id"]: p for p in pairs}
     assert (by_id["a"]["chosen_id"], by_id["a"]["rejected_id"]) == ("a-c1", "a-c0")
     assert (by_id["b"]["chosen_id"], by_id["b"]["rejected_id"]) == ("b-c1", "b-c2")
     assert set(by_id) == {"a", "b"}
     assert counts["tie_broken"] == 1 and counts["dropped_tie"] == 2 and counts["pairs"] == 2
-    # without a tiebreak the all-tied prompt is dropped too
-    assert select_pairs(judged)[1]["dropped_tie"] == 3
 
 
 def test_length_control_picks_the_shortest_near_the_best():
@@ -77,9 +102,20 @@ def test_consistency_measures():
     assert abs(consistency(cur, swapped, "spearman") - 0.9) < 1e-9
     assert consistency(cur, {k: 1.0 for k in cur}) == 0.5          # previous model ties everything
     assert consistency(cur, {"c0": 1.0}) is None                    # fewer than two aligned
-    assert consistency(cur, swapped, "top_bottom", ("c0", "c3")) == 1.0
-    assert consistency(cur, swapped, "top_bottom", ("c2", "c1")) == 0.0
-    assert consistency(cur, {"c0": 2.0, "c3": 2.0}, "top_bottom", ("c0", "c3")) == 0.5
+    with pytest.raises(ValueError, match="unknown consistency"):
+        consistency(cur, swapped, "top_bottom")
+
+
+def test_consistency_keeps_tied_scores_tied():
+    """CREAM's code ranks ordinally, so a tie's order would decide C; tau-b counts a tie as neither."""
+    from srlm.pairing import consistency
+
+    cur = {"c0": 3.0, "c1": 2.0, "c2": 1.0}
+    # the previous model ties c0 and c1: 2 concordant pairs, 1 tied -> tau_b = 2 / sqrt(3 * 2)
+    c = consistency(cur, {"c0": 2.0, "c1": 2.0, "c2": 1.0})
+    assert c == pytest.approx((2 / math.sqrt(6) + 1) / 2)
+    # and the ids' order does not matter
+    assert consistency(cur, {"c1": 2.0, "c0": 2.0, "c2": 1.0}) == c
 
 
 def test_consistency_is_aligned_by_candidate_id_not_position():
@@ -95,6 +131,10 @@ def test_consistency_is_aligned_by_candidate_id_not_position():
     assert by_id["b"] == 1.0                 # b's own ranking agrees perfectly
     assert by_id["a"] == 1.0                 # a has no previous scores: the mean of the others
     assert counts["consistency_missing"] == 1
+    # the fill is the mean of the known values, not a constant: make b's value 0.5 and a follows it
+    half = [scored("b", 2, 1.0), scored("b", 0, 1.0), scored("b", 1, 1.0)]
+    assert {p["id"]: p["consistency"] for p in attach_consistency(pairs, cur, half, "kendall")[0]} == \
+        {"a": 0.5, "b": 0.5}
     prev_reversed = [scored("b", 2, 1.0), scored("b", 0, 3.0), scored("b", 1, 2.0)]
     out, _ = attach_consistency(pairs, cur, prev_reversed + [scored("a", 0, 4.0), scored("a", 2, 2.0)], "kendall")
     assert {p["id"]: p["consistency"] for p in out} == {"a": 1.0, "b": 0.0}

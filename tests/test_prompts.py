@@ -45,3 +45,40 @@ def test_pick_shots_is_seeded_and_respects_length():
     a = pick_shots(seeds, 8, random.Random(3), max_words=10)
     assert a == pick_shots(seeds, 8, random.Random(3), max_words=10)
     assert len(set(a)) == 8 and all(len(s.split()) <= 10 for s in a)
+
+
+def test_filter_drops_evaluation_instructions_and_earlier_iterations_prompts():
+    seeds = ["Explain how rainbows form.", "Write a haiku about autumn leaves."]
+    reserved = {"eval_leak": ["Give three tips for sleeping better at night."],
+                "earlier_iteration": ["List four uses of baking soda at home."]}
+    f = PromptFilter(seeds, min_words=3, max_words=20, reserved=reserved)
+    assert not f.add("Give three tips for sleeping better at night.")        # an evaluation instruction
+    assert not f.add("Give 3 tips for sleeping better at night")             # nearly one
+    assert not f.add("List four uses of baking soda in the home.")           # an earlier iteration's prompt
+    assert f.add("Describe the water cycle for a ten-year-old.")
+    assert not f.add("Describe the water cycle for a ten year old child.")   # near copy of a kept one
+    assert f.add("Suggest a name for a bakery that sells only bread.")
+    assert f.counts["eval_leak"] == 2 and f.counts["earlier_iteration"] == 1
+    assert f.counts["duplicate"] == 1 and f.counts["kept"] == 2
+
+
+def test_near_duplicate_index_agrees_with_the_full_comparison():
+    """The bigram screen must not miss what comparing every pair finds (on the built-in instructions)."""
+    import difflib
+    import json
+    from pathlib import Path
+
+    from srlm.prompts import NEAR_DUPLICATE, NearDuplicates, normalize
+
+    root = Path(__file__).resolve().parent.parent / "data" / "builtin"
+    texts = [json.loads(line)["instruction"] for name in ("ift.jsonl", "ranked.jsonl", "gold_judgments.jsonl")
+             for line in (root / name).read_text().splitlines()]
+    texts += ["Explain how rainbows form.", "explain how the rainbows form", "Explain rainbows."]
+    idx = NearDuplicates()
+    for i, t in enumerate(texts):
+        idx.add(t, i)
+    norm = [normalize(t) for t in texts]
+    for i, t in enumerate(texts):
+        full = [j for j in range(len(texts)) if norm[j] == norm[i] or
+                difflib.SequenceMatcher(None, norm[j], norm[i]).ratio() >= NEAR_DUPLICATE]
+        assert idx.matches(t) == full, t

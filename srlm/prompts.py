@@ -8,6 +8,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from .config import derive_seed
+
 JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "judge_additive.txt").read_text(encoding="utf-8").strip()
 
 
@@ -189,7 +191,7 @@ def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots
     while len(kept) < num_prompts and tried < budget:
         want = min(max(num_prompts - len(kept), 4), budget - tried)
         fewshots = [fewshot_prompt(pick_shots(seed_prompts, shots, rng, max_words)) for _ in range(want)]
-        outs = generator.generate(fewshots, replace(sampling, n=1, seed=seed * 1000 + round_),
+        outs = generator.generate(fewshots, replace(sampling, n=1, seed=derive_seed(seed, "round", round_)),
                                   desc=f"gen_prompts round {round_ + 1}")
         round_ += 1
         tried += want

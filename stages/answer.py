@@ -3,6 +3,7 @@ evaluation.temperature > 0), also exported in AlpacaEval's model_outputs format.
 import json
 
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.evaluation import answer_prompts
 from srlm.generation import SamplingParams
 from srlm.io import atomic_write_text, write_jsonl
@@ -18,10 +19,10 @@ def run(params, model):
     ev = params.evaluation
     out = stage.eval_dir(model)
     with stage_run("answer", stage.tracked(params, PARAMS) | {"model": model}, instance=model):
-        prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, params.seed)
+        prompts = seed.limit(seed.load_ift(PROMPTS), ev.prompts, derive_seed(params.seed, "subset"))
         generator = stage.generator(params, model, f"answer@{model}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
-                                  seed=params.seed + 202)
+                                  seed=derive_seed(params.seed, "answer"))
         rows, metrics = answer_prompts(generator, prompts, sampling, model)
         write_jsonl(out / "responses.jsonl", rows)
         alpaca = [{"instruction": r["instruction"], "output": r["output"], "generator": model} for r in rows]

@@ -1,6 +1,7 @@
 """build_eft: the SFT baseline judges the ranked train responses; judgments whose scores agree
 with the human ranking become EFT data (plus the gold judgments when eft.include_gold)."""
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.judging import build_eft
@@ -14,12 +15,12 @@ RANKED, GOLD = "data/seed/ranked_train.jsonl", "data/seed/gold_train.jsonl"
 def run(params):
     cfg = params.eft
     with stage_run("build_eft", stage.tracked(params, PARAMS)):
-        ranked = seed.limit(seed.load_ranked(RANKED), cfg.max_sets, params.seed)
+        ranked = seed.limit(seed.load_ranked(RANKED), cfg.max_sets, derive_seed(params.seed, "subset"))
         examples, metrics = [], {"ranked_sets": 0, "sets_agreeing": 0}
         if cfg.attempts and ranked:
             generator = stage.generator(params, "sft_baseline", "build_eft")
             sampling = SamplingParams(n=cfg.attempts, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_new_tokens=cfg.max_new_tokens, seed=params.seed)
+                                      max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "build_eft"))
             examples, metrics = build_eft(generator, ranked, sampling)
         gold = []
         if cfg.include_gold:

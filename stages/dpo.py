@@ -5,10 +5,18 @@ IFT + EFT data and M0 is fine-tuned on them with the sft params, as M1 was."""
 import random
 
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.io import read_jsonl
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import (checkpoint_dir, distribute, dpo_examples, is_main_process, sft_examples, train_dpo,
-                           train_sft)
+from srlm.training import (
+    checkpoint_dir,
+    distribute,
+    dpo_examples,
+    is_main_process,
+    sft_examples,
+    train_dpo,
+    train_sft,
+)
 
 PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
 
@@ -24,13 +32,14 @@ def run(params, key, it):
     cfg = params.sft if positive else params.dpo
     tracked = stage.tracked(params, PARAMS)
     with stage_run("dpo", tracked, iteration=key):
-        common = dict(seed=params.seed + int(key), trust_remote_code=params.model.trust_remote_code)
+        common = dict(seed=derive_seed(params.seed, "dpo", key), trust_remote_code=params.model.trust_remote_code)
         extra = {}
         if positive:
             src, train = stage.model_path("m0"), train_sft
-            pairs, extra = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples, params.seed)
+            pairs, extra = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples,
+                                            derive_seed(params.seed, "subset"))
             pairs += [(r["prompt"], r["response"]) for r in rows]
-            random.Random(params.seed + int(key)).shuffle(pairs)
+            random.Random(derive_seed(params.seed, "dpo", key)).shuffle(pairs)
             examples, extra["positives"] = sft_examples(pairs), len(rows)
         else:
             src, train, examples = stage.model_path(it["model"]), train_dpo, dpo_examples(rows)

@@ -1,6 +1,7 @@
 """eval_judge@<model>: the model judges every response of the held-out ranked sets; agreement with
 the human ranks (pairwise accuracy, 5-best, exact match, Spearman, Kendall) for both readouts."""
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.evaluation import judge_ranked_sets
 from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
@@ -15,11 +16,11 @@ def run(params, model):
     cfg, ev = params.judge, params.evaluation
     out = stage.eval_dir(model)
     with stage_run("eval_judge", stage.tracked(params, PARAMS) | {"model": model}, instance=model):
-        sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, params.seed)
+        sets = seed.limit(seed.load_ranked(RANKED), ev.ranked_sets, derive_seed(params.seed, "subset"))
         generator = stage.generator(params, model, f"eval_judge@{model}")
         # The same seed for every model: differences come from the models, not the draws.
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + 101)
+                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "eval_judge"))
         rows, metrics = judge_ranked_sets(generator, sets, sampling, cfg.scoring)
         write_jsonl(out / "ranked_judgments.jsonl", rows)
         write_metrics(out / "metrics" / "judge.json", metrics | {"model": model})

@@ -1,6 +1,7 @@
 """gen_prompts@t: few-shot prompting from seed IFT instructions makes new, deduplicated prompts, none
 equal or nearly equal to a seed, an evaluation instruction or an earlier iteration's prompt."""
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.generation import SamplingParams
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.prompts import generate_prompts
@@ -23,7 +24,7 @@ def run(params, key, it):
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
         # few-shot prompts are plain text completions, not chat turns: works for base and chat models
         prompts, metrics = generate_prompts(generator, seeds, cfg.num_prompts, cfg.shots, cfg.max_attempts,
-                                            cfg.min_words, cfg.max_words, sampling, seed=params.seed + 7919 * int(key),
+                                            cfg.min_words, cfg.max_words, sampling, seed=derive_seed(params.seed, "gen_prompts", key),
                                             reserved=reserved)
         if not prompts:
             raise DataError(f"gen_prompts@{key}: no usable prompt in {metrics['generations']} generations "

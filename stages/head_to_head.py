@@ -4,6 +4,7 @@ win rate with the length difference regressed out."""
 from pathlib import Path
 
 from srlm import stage
+from srlm.config import derive_seed
 from srlm.evaluation import head_to_head
 from srlm.generation import SamplingParams
 from srlm.io import DataError, read_jsonl, write_jsonl
@@ -23,7 +24,7 @@ def run(params, name, matchup):
         y = read_jsonl(stage.eval_dir(matchup["b"]) / "responses.jsonl", RESPONSES)
         generator = stage.generator(params, Path(ev.judge), f"head_to_head@{name}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p,
-                                  max_new_tokens=ev.verdict_max_new_tokens, seed=params.seed + 303)
+                                  max_new_tokens=ev.verdict_max_new_tokens, seed=derive_seed(params.seed, "head_to_head"))
         try:
             rows, metrics = head_to_head(generator, x, y, ev.verdict, sampling)
         except ValueError as e:

@@ -1,5 +1,6 @@
 """judge@t: M_t scores each candidate with the paper's rubric, judge.samples judgments averaged."""
 from srlm import stage
+from srlm.config import derive_seed
 from srlm.generation import SamplingParams
 from srlm.io import read_jsonl, write_jsonl
 from srlm.judging import CANDIDATE, judge_candidates
@@ -14,7 +15,7 @@ def run(params, key, it):
         cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
         generator = stage.generator(params, it["model"], f"judge@{key}")
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + 31 * int(key))
+                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "judge", key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring)
         write_jsonl(d / "judgments.jsonl", rows)
         write_metrics(d / "metrics" / "judge.json", metrics)

@@ -2,6 +2,7 @@
 that pairs@t can measure how consistent the two rankings are. With method=srlm it writes an
 empty file and does no work."""
 from srlm import stage
+from srlm.config import derive_seed
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -23,7 +24,7 @@ def run(params, key, it):
         cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
         generator = stage.generator(params, it["prev"], f"judge_prev@{key}")
         sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + 37 * int(key))
+                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "judge", key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring, desc=f"judge by {it['prev']}")
         write_jsonl(d / "judgments_prev.jsonl", rows)
         write_metrics(d / "metrics" / "judge_prev.json", metrics | {"method": params.method, "model": it["prev"]})

@@ -1,7 +1,7 @@
 """prepare_model: resolve model.base to a trainable checkpoint in models/m0."""
 from srlm import stage
-from srlm.modeling import prepare_base_model
 from srlm.io import atomic_dir
+from srlm.modeling import prepare_base_model
 from srlm.tracking import record_model, stage_run, write_metrics
 
 PARAMS = ["model"]  # exactly its params: in dvc.yaml

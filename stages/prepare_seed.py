@@ -4,7 +4,7 @@ that generated prompts must stay away from (data/reserved/m1.jsonl: every evalua
 from pathlib import Path
 
 from srlm import seed, stage
-from srlm.config import ConfigError
+from srlm.config import ConfigError, derive_seed
 from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
@@ -26,7 +26,7 @@ def run(params):
                 raise ConfigError("params.yaml: seed_data.source=oasst1 needs seed_data.max_ift > 0: the number of "
                                   "prompts with a rank-0 reply that become IFT data (the paper: 3200 for training, "
                                   "so 4000 with eval_fraction 0.2); the other prompts become the ranked sets")
-            ift, ranked = seed.oasst1_split(*seed.load_oasst1(cfg.oasst_dataset), cfg.max_ift, params.seed)
+            ift, ranked = seed.oasst1_split(*seed.load_oasst1(cfg.oasst_dataset), cfg.max_ift, derive_seed(params.seed, "subset"))
         else:
             if not cfg.ift_path or not cfg.ranked_path:
                 raise ConfigError("params.yaml: seed_data.source=jsonl needs seed_data.ift_path and seed_data.ranked_path")
@@ -34,9 +34,9 @@ def run(params):
         if cfg.gold_path:
             gold = seed.load_gold(cfg.gold_path)
         if cfg.source != "oasst1":
-            ift = seed.limit(ift, cfg.max_ift, params.seed)
-        ranked = seed.limit(ranked, cfg.max_ranked, params.seed)
-        parts = seed.split({"ift": ift, "ranked": ranked, "gold": gold}, cfg.eval_fraction, params.seed)
+            ift = seed.limit(ift, cfg.max_ift, derive_seed(params.seed, "subset"))
+        ranked = seed.limit(ranked, cfg.max_ranked, derive_seed(params.seed, "subset"))
+        parts = seed.split({"ift": ift, "ranked": ranked, "gold": gold}, cfg.eval_fraction, derive_seed(params.seed, "split"))
         counts = {}
         for name, (train, held_out) in parts.items():
             for split, recs in (("train", train), ("eval", held_out)):

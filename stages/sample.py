@@ -2,6 +2,7 @@
 from statistics import mean
 
 from srlm import stage
+from srlm.config import derive_seed
 from srlm.generation import SamplingParams, sample_responses
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
@@ -16,7 +17,7 @@ def run(params, key, it):
         prompts = read_jsonl(d / "prompts.jsonl", {"id": str, "prompt": str})
         generator = stage.generator(params, it["model"], f"sample@{key}")
         sampling = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=params.seed + int(key))
+                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "sample", key))
         rows = sample_responses(generator, prompts, sampling)
         write_jsonl(d / "candidates.jsonl", rows)
         write_metrics(d / "metrics" / "sample.json", {

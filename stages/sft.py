@@ -1,7 +1,14 @@
 """sft: M0 fine-tuned on seed IFT + EFT data -> M1."""
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import checkpoint_dir, distribute, is_main_process, sft_examples, train_sft
+from srlm.training import (
+    checkpoint_dir,
+    distribute,
+    is_main_process,
+    sft_examples,
+    train_sft,
+)
 
 PARAMS = ["seed", "sft", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
 
@@ -13,9 +20,10 @@ def run(params):
     cfg = params.sft
     tracked = stage.tracked(params, PARAMS)
     with stage_run("sft", tracked):
-        pairs, counts = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples, params.seed)
+        pairs, counts = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples,
+                                         derive_seed(params.seed, "subset"))
         examples, m0 = sft_examples(pairs), stage.model_path("m0")
-        metrics = train_sft(m0, stage.model_path("m1"), examples, cfg, params.seed,
+        metrics = train_sft(m0, stage.model_path("m1"), examples, cfg, derive_seed(params.seed, "sft"),
                             work_dir=checkpoint_dir("sft", tracked, m0, examples, params.distributed),
                             trust_remote_code=params.model.trust_remote_code)
         if is_main_process():

@@ -1,7 +1,14 @@
 """sft_baseline: M0 fine-tuned on seed IFT only (the paper's SFT baseline)."""
 from srlm import seed, stage
+from srlm.config import derive_seed
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import checkpoint_dir, distribute, is_main_process, sft_examples, train_sft
+from srlm.training import (
+    checkpoint_dir,
+    distribute,
+    is_main_process,
+    sft_examples,
+    train_sft,
+)
 
 PARAMS = ["seed", "sft.epochs", "sft.learning_rate", "sft.final_learning_rate", "sft.batch_size", "sft.grad_accum",
           "sft.max_length", "sft.warmup_ratio", "sft.max_ift_examples", "sft.gradient_checkpointing",
@@ -15,10 +22,10 @@ def run(params):
     cfg = params.sft
     tracked = stage.tracked(params, PARAMS)
     with stage_run("sft_baseline", tracked):
-        ift = seed.limit(seed.load_ift(IFT), cfg.max_ift_examples, params.seed)
+        ift = seed.limit(seed.load_ift(IFT), cfg.max_ift_examples, derive_seed(params.seed, "subset"))
         examples = sft_examples([(r["instruction"], r["response"]) for r in ift])
         m0 = stage.model_path("m0")
-        metrics = train_sft(m0, stage.model_path("sft_baseline"), examples, cfg, params.seed,
+        metrics = train_sft(m0, stage.model_path("sft_baseline"), examples, cfg, derive_seed(params.seed, "sft"),
                             work_dir=checkpoint_dir("sft_baseline", tracked, m0, examples, params.distributed),
                             trust_remote_code=params.model.trust_remote_code)
         if is_main_process():

@@ -84,3 +84,39 @@ def test_a_judge_that_is_a_side_of_its_matchup_or_descends_from_one_is_flagged()
     assert judge_conflict("models/m0", "m3", "sft_baseline", its) is None
     assert judge_conflict("judges/outside", "m3", "m2", its) is None   # an outside judge
     assert parse_params({"evaluation": {"judge": "/abs/judge"}}).evaluation.judge == "/abs/judge"
+
+
+def test_floats_in_dvcs_yaml_1_2_spelling_are_read_as_floats(tmp_path):
+    """`dvc exp run -S dpo.learning_rate=1e-6` writes `1e-06`, which PyYAML reads as a string."""
+    f = tmp_path / "params.yaml"
+    f.write_text("dpo:\n  learning_rate: 1e-06\n  final_learning_rate: 1E-7\n")
+    p = load_params(f)
+    assert p.dpo.learning_rate == 1e-6 and p.dpo.final_learning_rate == 1e-7
+    with pytest.raises(ConfigError, match="should be a number"):
+        parse_params({"dpo": {"learning_rate": "fast"}})
+
+
+def test_params_yaml_and_the_code_hold_the_same_defaults():
+    """One source of truth: the dataclass defaults are the shipped params.yaml (an omitted key means
+    the shipped value), so neither can drift from the other."""
+    from srlm.config import Params
+
+    assert load_params("params.yaml") == Params()
+
+
+def test_bounds_are_declared_per_field_not_by_leaf_name():
+    # `n` and `r` were positive wherever they appeared; now each field says what it allows
+    assert parse_params({"sample": {"n": 2}}).sample.n == 2
+    with pytest.raises(ConfigError, match="sft.lora.r = 0 must be > 0"):
+        parse_params({"sft": {"lora": {"r": 0}}})
+    with pytest.raises(ConfigError, match="generation.gpu_memory_utilization = 0.0 must be > 0"):
+        parse_params({"generation": {"gpu_memory_utilization": 0.0}})
+
+
+def test_derive_seed_is_stable_distinct_and_in_range():
+    from srlm.config import derive_seed
+
+    assert derive_seed(1234, "judge", "1") == derive_seed(1234, "judge", 1)   # keys are names
+    seeds = {derive_seed(s, stage, t) for s in (0, 1234) for stage in ("sample", "judge", "dpo") for t in (1, 2)}
+    assert len(seeds) == 12 and all(0 <= x < 2 ** 31 for x in seeds)
+    assert derive_seed(1234, "sample", 1) != derive_seed(1235, "sample", 1)

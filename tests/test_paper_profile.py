@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from e2e_project import ROOT, dvc, make_project
+from leakage import assert_project_has_no_leak
 
 pytestmark = pytest.mark.e2e
 TREES = Path(__file__).parent / "fixtures" / "oasst1_trees.jsonl"
@@ -47,4 +48,5 @@ def test_the_paper_scale_command_runs_end_to_end(tmp_path, tiny_model_dir):
         assert judge["scoring"] == "sampled" and judge["parse_rate"] > 0
         assert (d / f"data/it{t}/pairs.jsonl").read_text().strip()
     assert (d / "models/m3/model.safetensors").is_file() and (d / "reports/report.md").is_file()
+    assert_project_has_no_leak(d)   # seed, EFT and generated prompts against every evaluation file
     assert not list((d / "models/m3").glob("adapter_*"))   # lora.enabled=false: full weights

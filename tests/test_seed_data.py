@@ -4,6 +4,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from leakage import assert_no_leak, assert_project_has_no_leak
 from srlm.seed import BUILTIN_DIR, limit, load_gold, load_ift, load_oasst1, load_ranked, oasst1_split, split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "oasst1_messages.jsonl"
@@ -63,17 +64,6 @@ def test_split_keeps_near_duplicate_instructions_on_one_side_across_lists():
         assert len(tr) + len(ev) == len(recs) and 0 < len(ev) <= round(0.25 * len(recs))
 
 
-def assert_no_leak(train, held_out):
-    import difflib
-
-    from srlm.prompts import NEAR_DUPLICATE, normalize
-
-    for e in held_out:
-        for t in train:
-            ratio = difflib.SequenceMatcher(None, normalize(e), normalize(t)).ratio()
-            assert ratio < NEAR_DUPLICATE, f"evaluation instruction {e!r} is {ratio:.0%} like training's {t!r}"
-
-
 def test_no_builtin_evaluation_instruction_is_equal_or_near_to_a_training_one(tmp_path, monkeypatch):
     """prepare_seed on the built-in data: every file the pipeline trains on against every one it evaluates on
     (the full comparison of every pair, not the index the split uses)."""
@@ -93,7 +83,7 @@ def test_no_builtin_evaluation_instruction_is_equal_or_near_to_a_training_one(tm
     train = set().union(*(instructions(f"{n}_train") for n in ("ift", "ranked", "gold")))
     held_out = set().union(*(instructions(f"{n}_eval") for n in ("ift", "ranked", "gold")))
     assert len(held_out) >= 40 and len(train) >= 200
-    assert_no_leak(train, held_out)
+    assert_project_has_no_leak(tmp_path)
     counts = json.loads((tmp_path / "metrics/prepare_seed.json").read_text())
     assert counts["gold_eval"] > 0 and counts["ranked_eval"] >= 10    # gold is split too
     reserved = [json.loads(line) for line in (tmp_path / "data/reserved/m1.jsonl").read_text().splitlines()]

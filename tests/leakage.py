@@ -1,0 +1,32 @@
+"""Every instruction a pipeline trains on against every one it evaluates on, by the full comparison of
+every pair (not the index the split and the prompt filter use)."""
+import difflib
+import json
+from pathlib import Path
+
+from srlm.prompts import NEAR_DUPLICATE, normalize
+
+TRAINING = ["data/seed/ift_train.jsonl", "data/seed/ranked_train.jsonl", "data/seed/gold_train.jsonl",
+            "data/eft/train.jsonl", "data/it*/prompts.jsonl"]
+EVALUATION = ["data/seed/ift_eval.jsonl", "data/seed/ranked_eval.jsonl", "data/seed/gold_eval.jsonl"]
+
+
+def instructions(project: Path, patterns: list[str]) -> set[str]:
+    out = set()
+    for pattern in patterns:
+        for f in sorted(project.glob(pattern)):
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                out.add(r.get("instruction", r.get("prompt")))
+    return out
+
+
+def assert_no_leak(train: set[str], held_out: set[str]) -> None:
+    for e in held_out:
+        for t in train:
+            ratio = difflib.SequenceMatcher(None, normalize(e), normalize(t)).ratio()
+            assert ratio < NEAR_DUPLICATE, f"evaluation instruction {e!r} is {ratio:.0%} like training's {t!r}"
+
+
+def assert_project_has_no_leak(project: Path) -> None:
+    assert_no_leak(instructions(project, TRAINING), instructions(project, EVALUATION))

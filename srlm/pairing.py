@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from .judging import is_top_score
+from .scores import is_top_score
 
 
 def _by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
@@ -80,7 +80,7 @@ def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = 
 
 def select_positives(judged: list[dict], readout: str, truncated: bool = False) -> tuple[list[dict], Counter]:
     """The positive-only variant's curated examples: responses that scored 5 out of 5 under
-    `readout` (`srlm.judging.is_top_score`), never one cut off by the token limit (unless `truncated`)."""
+    `readout` (`srlm.scores.is_top_score`), never one cut off by the token limit (unless `truncated`)."""
     out, counts = [], Counter()
     for row in sorted(judged, key=lambda r: r["candidate_id"]):
         if not is_top_score(row["score"], readout):

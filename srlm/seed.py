@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .io import DataError, read_jsonl
-from .judging import parse_score
 from .prompts import NearDuplicates, judge_prompt
+from .scores import parse_score
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "builtin"
 IFT_SCHEMA = {"id": str, "instruction": str, "response": str}

@@ -5,9 +5,9 @@ between M_t's and M_{t-1}'s rankings of its prompt's candidates."""
 from statistics import mean
 
 from srlm import stage
-from srlm.evaluation import longer_wins_rate
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.judging import CANDIDATE
+from srlm.metrics import longer_wins_rate
 from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
 

@@ -2,16 +2,15 @@ import math
 
 import pytest
 
-from srlm.evaluation import (
-    combine_orders,
+from srlm.metrics import (
     head_to_head_summary,
     length_bias,
     length_controlled_win_rate,
     longer_wins_rate,
-    parse_verdict,
     reward_model_metrics,
     score_histogram,
 )
+from srlm.scores import combine_orders, parse_verdict
 
 
 def one(ranks, scores, i="s"):
@@ -285,7 +284,7 @@ def test_length_controlled_win_rate_is_clipped():
 
 
 def test_longer_wins_within_groups_never_pairs_across_groups():
-    from srlm.evaluation import longer_wins_within_groups
+    from srlm.metrics import longer_wins_within_groups
 
     # group 1: the longer one scores higher (1 of 1); group 2: the shorter wins twice, a tie and a
     # missing score are skipped -> 1 / 3. Across groups (5.0 vs 1.0) would have counted otherwise.

@@ -1,6 +1,6 @@
 import pytest
 
-from srlm.judging import agrees_with_ranking, average, judge_metrics, parse_score
+from srlm.scores import agrees_with_ranking, average, judge_metrics, parse_score
 
 
 @pytest.mark.parametrize("text,score,status", [
@@ -68,20 +68,20 @@ class FakeTokenizer:
 
 
 def test_score_tokens_with_merged_digits():
-    from srlm.judging import score_tokens
+    from srlm.scores import score_tokens
 
     assert score_tokens(FakeTokenizer(merged=True)) == ("Score:", [20, 21, 22, 23, 24, 25])
 
 
 def test_score_tokens_with_a_separate_space_token():
-    from srlm.judging import score_tokens
+    from srlm.scores import score_tokens
 
     assert score_tokens(FakeTokenizer(merged=False)) == ("Score: ", [10, 11, 12, 13, 14, 15])
 
 
 def test_score_tokens_refuse_a_tokenizer_that_merges_some_digits_only():
     """" 1".." 5" merged but " 0" as " " + "0": reading the next token would take p(" ") for p(0)."""
-    from srlm.judging import score_tokens
+    from srlm.scores import score_tokens
 
     class Mixed(FakeTokenizer):
         def __call__(self, text, add_special_tokens=False):
@@ -95,7 +95,7 @@ def test_score_tokens_refuse_a_tokenizer_that_merges_some_digits_only():
 def test_expected_score_renormalises_over_0_to_5():
     import math
 
-    from srlm.judging import expected_score
+    from srlm.scores import expected_score
 
     assert expected_score([0, 0, 0, 0, 0, 1]) == 5
     assert expected_score([0.1, 0, 0, 0, 0, 0.1]) == 2.5          # mass outside 0-5 is ignored
@@ -104,7 +104,7 @@ def test_expected_score_renormalises_over_0_to_5():
 
 
 def test_candidate_scores_keep_both_readouts():
-    from srlm.judging import candidate_scores
+    from srlm.scores import candidate_scores
 
     r = {"scores": [4, None, 2], "expected_scores": [3.5, float("nan"), 2.5]}
     assert candidate_scores(r, "sampled") == {"sampled_score": 3, "expected_score": 3.0, "score": 3}
@@ -121,7 +121,8 @@ def test_the_expected_readout_records_the_digit_mass_and_counts_noise(tiny_model
     import torch
 
     from srlm.generation import Completion, SamplingParams
-    from srlm.judging import LOW_DIGIT_MASS, judge_candidates
+    from srlm.judging import judge_candidates
+    from srlm.scores import LOW_DIGIT_MASS
     from srlm.modeling import load_tokenizer
 
     class Stub:

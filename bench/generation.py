@@ -11,8 +11,8 @@ import argparse
 import time
 
 import torch
-
 from common import model_or_default
+
 from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, register_fast_attention
 from srlm.modeling import load_model, set_threads
 from srlm.prompts import judge_prompt

@@ -180,9 +180,10 @@ class DpoConfig(TrainConfig):
 
 def _default_matchups() -> dict:
     """The paper's Figure 3: M_t vs the SFT baseline, M_t vs M_{t-1}."""
-    return {"m1_vs_sft_baseline": {"a": "m1", "b": "sft_baseline"}, "m2_vs_sft_baseline": {"a": "m2", "b": "sft_baseline"},
-            "m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"}, "m2_vs_m1": {"a": "m2", "b": "m1"},
-            "m3_vs_m2": {"a": "m3", "b": "m2"}}
+    return {"m1_vs_sft_baseline": {"a": "m1", "b": "sft_baseline"},
+            "m2_vs_sft_baseline": {"a": "m2", "b": "sft_baseline"},
+            "m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"},
+            "m2_vs_m1": {"a": "m2", "b": "m1"}, "m3_vs_m2": {"a": "m3", "b": "m2"}}
 
 
 @dataclass

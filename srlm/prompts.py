@@ -15,7 +15,8 @@ JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "judge_additive.txt").re
 
 def judge_prompt(instruction: str, response: str) -> str:
     """Figure 2 of Yuan et al. (2024), verbatim, with the instruction and response filled in."""
-    return JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip()).replace("<RESPONSE_HERE>", response.strip())
+    return (JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip())
+            .replace("<RESPONSE_HERE>", response.strip()))
 
 
 PAIRWISE_TEMPLATE = (Path(__file__).parent / "templates" / "pairwise.txt").read_text(encoding="utf-8").strip()

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,6 +27,7 @@ from .io import atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 PROGRESS_ROOT = Path(".srlm") / "progress"
+HOLD_ENV = "SRLM_TEST_HOLD"  # tests only: see hold_point
 
 
 def path_stamp(path: str | os.PathLike) -> list:
@@ -126,6 +128,7 @@ class ResumableGenerator:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps({"n_items": len(chunk), "rows": rows, "sha256": _digest(rows)}))
                 self.computed += 1
+                hold_point(self.computed)
             else:
                 reused += 1
             out.extend(rows)
@@ -137,6 +140,22 @@ class ResumableGenerator:
     def clear(self) -> None:
         """Drop the progress once the stage's outputs are written."""
         clear(self.dir)
+
+
+def hold_point(count: int, max_s: float = 600.0) -> None:
+    """Tests only. With SRLM_TEST_HOLD=<path>:<N>, the N-th call (count == N: the N-th shard computed, or
+    checkpoint saved) writes `<path>.ready` and sleeps while `<path>` exists, at most `max_s`. A fault test
+    sends its signal then, while the stage is provably mid-run, instead of racing it. Unset: one lookup."""
+    spec = os.environ.get(HOLD_ENV)
+    if not spec:
+        return
+    path, _, n = spec.rpartition(":")
+    if count != int(n):
+        return
+    atomic_write_text(f"{path}.ready", f"{os.getpid()}\n")
+    deadline = time.monotonic() + max_s
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def clear(directory: str | os.PathLike) -> None:

@@ -1,8 +1,9 @@
 """MLflow tracking (one run per stage execution) and DVC metrics files.
 
-The store defaults to a local SQLite file, `sqlite:///mlflow.db`; set MLFLOW_TRACKING_URI to use
-a server. Each stage run is tagged with its stage, iteration, git commit and DVC experiment, and
-every model gets an MLflow LoggedModel entry that records its lineage (weights stay in DVC).
+The store defaults to a local SQLite file, `mlflow.db` in the project (the workspace's one, also for
+queued and --temp experiments); set MLFLOW_TRACKING_URI to use a server. Each stage run is tagged
+with its stage, iteration, git commit and DVC experiment, and every model gets an MLflow LoggedModel
+entry that records its lineage (weights stay in DVC).
 """
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ from .io import file_sha256, write_json
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT = os.environ.get("SRLM_MLFLOW_EXPERIMENT", "self-rewarding")
 log = logging.getLogger(__name__)
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the project's mlflow.db. Under DVC that is DVC_ROOT's: a queued or --temp
+    experiment runs in a copy under .dvc/tmp/exps that is deleted afterwards, and its runs would go with it."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = os.environ.get("DVC_ROOT")
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}" if root else DEFAULT_URI
 
 
 def git_commit() -> str:
@@ -50,7 +60,7 @@ def stage_run(stage: str, params: dict, iteration: str | None = None, instance: 
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(EXPERIMENT)
     key = iteration if iteration is not None else instance
     name = stage if key is None else f"{stage}@{key}"

@@ -1,8 +1,8 @@
-"""SFT and DPO with TRL's trainers; LoRA through peft, merged into a plain checkpoint at the end.
+"""SFT and DPO with TRL's trainers (CREAM's loss: srlm.cream); LoRA through peft, merged into a plain
+checkpoint at the end.
 
-A training stage runs in its own process by default (CPU, one GPU). With `distributed.num_processes`
-> 1 it reruns itself under `accelerate launch` (FSDP2 or DeepSpeed ZeRO-3, `distributed.config_file`);
-only the main process writes outputs, metrics and the MLflow run. Trainer checkpoints go to a work
+A training stage runs in its own process by default (CPU, one GPU), or on several (srlm.launch); only
+the main process writes outputs, metrics and the MLflow run. Trainer checkpoints go to a work
 directory keyed by everything the result depends on, so an interrupted stage resumes from its last
 complete checkpoint and never from a stale one.
 """
@@ -13,91 +13,22 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import time
-import uuid
 import zipfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from . import resume
+from . import cream, resume
 from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
-from .io import DataError, atomic_dir, atomic_write_text, file_sha256
+from .io import DataError, atomic_dir, file_sha256
+from .launch import is_main_process
 from .modeling import context_length, load_model
 from .tracking import log_metrics
 
 log = logging.getLogger(__name__)
 SAVE_TOTAL_LIMIT = 2  # the newest checkpoint, and the one before in case the newest is damaged
-JOB_FILE = Path(".srlm") / "launch" / "job.json"  # multi-node: machine 0 posts each training command here
-
-
-# --- many processes --------------------------------------------------------------------------------------------
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process. The others train and write nothing."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def distribute(dist: DistributedConfig) -> None:
-    """Run the calling stage script on `dist.num_processes` processes. With 1, return at once. Otherwise
-    re-execute the script, with its arguments, under `accelerate launch`, so `dvc repro` needs nothing
-    else; the call then returns only inside the launched processes. This machine's rank comes from
-    SRLM_MACHINE_RANK (0 where `dvc repro` runs; see `worker` for the other machines)."""
-    if "LOCAL_RANK" in os.environ:  # already launched (by us, accelerate or torchrun)
-        if not is_main_process():
-            os.environ["SRLM_TRACKING"] = "off"  # one MLflow run per stage execution: rank 0's
-        return
-    if dist.num_processes <= 1:
-        return
-    machine_rank = int(os.environ.get("SRLM_MACHINE_RANK", "0"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", dist.config_file,
-           "--num_processes", str(dist.num_processes), "--num_machines", str(dist.num_machines),
-           "--machine_rank", str(machine_rank), "--main_process_port", str(dist.main_process_port)]
-    if dist.main_process_ip:
-        cmd += ["--main_process_ip", dist.main_process_ip]
-    cmd += [sys.argv[0], *sys.argv[1:]]
-    env = dict(os.environ)
-    if not torch.cuda.is_available() and "SRLM_THREADS" not in env:  # CPU: share the cores, don't oversubscribe
-        per_machine = dist.num_processes // dist.num_machines
-        env["SRLM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_machine))
-    if dist.num_machines > 1 and machine_rank == 0:
-        # The other machines' workers run the same command with their rank (project directory shared).
-        atomic_write_text(JOB_FILE, json.dumps({"id": uuid.uuid4().hex, "argv": sys.argv, "time": time.time()}))
-    log.info("launching %d processes: %s", dist.num_processes, " ".join(cmd))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, cmd, env)
-
-
-def worker(machine_rank: int, poll_s: float = 2.0) -> None:
-    """Machines 1..num_machines-1 of a multi-node run: wait for machine 0's training stages to post their
-    command, run it as this machine's share of the processes, repeat. Jobs posted before the worker
-    started are not joined (their rendezvous may be long over). Stop it with Ctrl-C."""
-    if machine_rank < 1:
-        raise ValueError("the worker runs on machines 1, 2, ...; machine 0 runs `dvc repro`")
-    seen = _job().get("id")
-    log.info("worker of machine %d: waiting for training jobs in %s", machine_rank, JOB_FILE.resolve())
-    while True:
-        job = _job()
-        if job.get("id") not in (None, seen):
-            seen = job["id"]
-            log.info("joining: %s", " ".join(job["argv"]))
-            rc = subprocess.call([sys.executable, *job["argv"]],
-                                 env=os.environ | {"SRLM_MACHINE_RANK": str(machine_rank)})
-            log.log(logging.INFO if rc == 0 else logging.ERROR, "job ended with exit code %d", rc)
-        time.sleep(poll_s)
-
-
-def _job() -> dict:
-    try:
-        return json.loads(JOB_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
@@ -105,10 +36,10 @@ def _job() -> dict:
 def checkpoint_dir(stage: str, tracked: dict, model_dir: str | Path, examples: list[dict],
                    dist: DistributedConfig) -> Path:
     """A training stage's checkpoint folder (srlm.resume.work_dir), keyed by what its result depends on: the
-    stage's tracked params, the exact training examples, the start model's files, this module's code and the
-    process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
+    stage's tracked params, the exact training examples, the start model's files, this module's and srlm.cream's
+    code and the process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
     digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    key = tracked | {"examples": digest, "code": file_sha256(__file__),
+    key = tracked | {"examples": digest, "code": [file_sha256(__file__), file_sha256(cream.__file__)],
                      "processes": [dist.num_processes, dist.num_machines]}
     return resume.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
 
@@ -238,6 +169,18 @@ class MlflowStepLogger(TrainerCallback):
             log_metrics({f"{self.prefix}/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
+class HoldAfterSave(TrainerCallback):
+    """Tests only (srlm.resume.hold_point): holds the run right after its N-th checkpoint. on_save comes after
+    the Trainer wrote the whole checkpoint, trainer_state.json last, and rotated the old ones."""
+
+    def __init__(self):
+        self.saves = 0
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves += 1
+        resume.hold_point(self.saves)
+
+
 def _peft_config(cfg: TrainConfig):
     if not cfg.lora.enabled:
         return None
@@ -314,16 +257,16 @@ def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, 
 
 
 def _summary(trainer, result) -> dict:
-    logs = [l for l in trainer.state.log_history if "loss" in l]
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     # The mean of the per-step losses: unlike result.training_loss, the same after a resume.
-    train_loss = sum(l["loss"] for l in logs) / len(logs) if logs else float(result.training_loss)
+    train_loss = sum(e["loss"] for e in logs) / len(logs) if logs else float(result.training_loss)
     out = {"train_loss": float(train_loss), "steps": int(trainer.state.global_step),
            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0))}
     if logs:
         out["final_loss"] = float(logs[-1]["loss"])
         out["first_loss"] = float(logs[0]["loss"])
     for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
-        vals = [l[key] for l in logs if key in l]
+        vals = [e[key] for e in logs if key in e]
         if vals:
             out[key.replace("/", "_") + "_mean"] = float(sum(vals) / len(vals))
             out[key.replace("/", "_") + "_last"] = float(vals[-1])
@@ -350,7 +293,7 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
                      train_sampling_strategy="group_by_length")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tok, peft_config=_peft_config(cfg),
-                         callbacks=[MlflowStepLogger("sft")])
+                         callbacks=[MlflowStepLogger("sft"), HoldAfterSave()])
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"examples": len(examples)} | fit
@@ -362,70 +305,6 @@ def dpo_examples(pairs: list[dict]) -> list[dict]:
              "chosen": [{"role": "assistant", "content": p["chosen"]}],
              "rejected": [{"role": "assistant", "content": p["rejected"]}]}
             | ({"consistency": float(p["consistency"])} if "consistency" in p else {}) for p in pairs]
-
-
-def cream_loss(margin: torch.Tensor, consistency: torch.Tensor, beta: float) -> torch.Tensor:
-    """CREAM's per-pair loss (Wang et al. 2024): DPO toward the chosen answer with weight C and toward the
-    rejected one with 1 - C, i.e. label-smoothed DPO with eps = 1 - C. C = 1 is plain sigmoid DPO."""
-    logits = beta * margin
-    return -consistency * F.logsigmoid(logits) - (1 - consistency) * F.logsigmoid(-logits)
-
-
-class _WithConsistency:
-    """Wraps TRL's preference collator: adds the examples' C, in batch order, as a float tensor."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = self.collator(examples)  # TRL's collator reads only the *_ids keys and ignores the rest
-        batch["consistency"] = torch.tensor([float(e["consistency"]) for e in examples])
-        return batch
-
-
-class CreamDPOTrainer(DPOTrainer):
-    """DPOTrainer with CREAM's consistency-regularized loss; each pair's C comes from the column `consistency`.
-
-    TRL 1.16 computes all its DPO losses inline in `_compute_loss` (there is no `dpo_loss` to override), so
-    instead of copying those 300 lines we let it run as is (forwards, rewards/* and logps/* metrics), catch the
-    policy's and the reference's log-probs with forward hooks, and return our loss in place of its sigmoid one.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        a = self.args
-        # The hooks rebuild the plain DPO margin: anything that changes it or adds to the loss is refused.
-        if (a.loss_type != ["sigmoid"] or a.f_divergence_type != "reverse_kl" or a.ld_alpha is not None
-                or a.use_weighting or a.precompute_ref_log_probs or self.aux_loss_enabled):
-            raise ValueError("CreamDPOTrainer supports loss_type=['sigmoid'] only, without f-divergences, ld_alpha, "
-                             "use_weighting, precompute_ref_log_probs or MoE auxiliary losses")
-        self.data_collator = _WithConsistency(self.data_collator)
-
-    def _set_signature_columns_if_needed(self):
-        # With remove_unused_columns, Trainer drops every dataset column not listed here before collating.
-        if self._signature_columns is None:
-            super()._set_signature_columns_if_needed()
-            self._signature_columns.append("consistency")
-
-    def _compute_loss(self, model, inputs, return_outputs):
-        inputs = dict(inputs)
-        consistency = inputs.pop("consistency")  # TRL would pass any extra key on to the model's forward
-        outputs = []  # TRL runs the policy first, then the reference (the same module with LoRA: adapter off)
-        modules = [self.accelerator.unwrap_model(model)] + ([self.ref_model] if self.ref_model is not None else [])
-        hooks = [m.register_forward_hook(lambda _m, _args, out: outputs.append(out)) for m in modules]
-        try:
-            result = super()._compute_loss(model, inputs, return_outputs)
-        finally:
-            for h in hooks:
-                h.remove()
-        seq_len = inputs["completion_mask"].size(1) - 1  # as in TRL: drops prompt-tuning virtual tokens
-        (chosen, rejected), (ref_chosen, ref_rejected) = (
-            out.log_probs[:, -seq_len:].sum(dim=1).chunk(2) for out in outputs[:2])  # batch is [chosen; rejected]
-        consistency = consistency.to(chosen.dtype)
-        loss = cream_loss((chosen - ref_chosen) - (rejected - ref_rejected), consistency, self.beta).mean()
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["cream/consistency"].append(self.accelerator.gather(consistency).mean().item())
-        return (loss, result[1]) if return_outputs else loss
 
 
 def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], cfg: DpoConfig,
@@ -459,27 +338,10 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
     # i.e. M_t itself: no second copy of the weights.
     ref = None if cfg.lora.enabled else load_model(model_dir, trust_remote_code=trust_remote_code)[0]
-    trainer_cls = DPOTrainer if consistency == "none" else CreamDPOTrainer
+    trainer_cls = DPOTrainer if consistency == "none" else cream.CreamDPOTrainer
     trainer = trainer_cls(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(examples),
                           processing_class=tok, peft_config=_peft_config(cfg),
-                          callbacks=[MlflowStepLogger("dpo")])
+                          callbacks=[MlflowStepLogger("dpo"), HoldAfterSave()])
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"pairs": len(examples)} | extra | fit
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Multi-node training: run this on machines 1.. while `dvc repro` "
-                                                 "runs on machine 0, in the same (shared) project directory.")
-    parser.add_argument("command", choices=["worker"])
-    parser.add_argument("--machine-rank", type=int, required=True)
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a new job")
-    a = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        worker(a.machine_rank, a.poll)
-    except KeyboardInterrupt:
-        pass

@@ -9,8 +9,9 @@ from srlm.generation import SamplingParams
 from srlm.io import atomic_write_text, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "generation", "evaluation.prompts", "evaluation.temperature", "evaluation.top_p",
-          "evaluation.max_new_tokens", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+          "evaluation.max_new_tokens", "model.trust_remote_code"]
 
 PROMPTS = "data/seed/ift_eval.jsonl"
 

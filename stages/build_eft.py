@@ -7,7 +7,8 @@ from srlm.io import write_jsonl
 from srlm.judging import build_eft
 from srlm.tracking import stage_run, write_metrics
 
-PARAMS = ["seed", "eft", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "eft", "generation", "model.trust_remote_code"]
 
 RANKED, GOLD = "data/seed/ranked_train.jsonl", "data/seed/gold_train.jsonl"
 

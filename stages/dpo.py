@@ -7,18 +7,12 @@ import random
 from srlm import seed, stage
 from srlm.config import derive_seed
 from srlm.io import read_jsonl
+from srlm.launch import distribute, is_main_process
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import (
-    checkpoint_dir,
-    distribute,
-    dpo_examples,
-    is_main_process,
-    sft_examples,
-    train_dpo,
-    train_sft,
-)
+from srlm.training import checkpoint_dir, dpo_examples, sft_examples, train_dpo, train_sft
 
-PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]
 
 IFT, EFT = "data/seed/ift_train.jsonl", "data/eft/train.jsonl"
 

@@ -7,7 +7,8 @@ from srlm.generation import SamplingParams
 from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
-PARAMS = ["seed", "judge", "generation", "evaluation.ranked_sets", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "judge", "generation", "evaluation.ranked_sets", "model.trust_remote_code"]
 
 RANKED = "data/seed/ranked_eval.jsonl"
 

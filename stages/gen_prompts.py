@@ -7,7 +7,8 @@ from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.prompts import generate_prompts
 from srlm.tracking import log_artifact, stage_run, write_metrics
 
-PARAMS = ["seed", "gen_prompts", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "gen_prompts", "generation", "model.trust_remote_code"]
 
 RESERVED = {"instruction": str, "source": str}
 
@@ -24,14 +25,15 @@ def run(params, key, it):
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
         # few-shot prompts are plain text completions, not chat turns: works for base and chat models
         prompts, metrics = generate_prompts(generator, seeds, cfg.num_prompts, cfg.shots, cfg.max_attempts,
-                                            cfg.min_words, cfg.max_words, sampling, seed=derive_seed(params.seed, "gen_prompts", key),
-                                            reserved=reserved)
+                                            cfg.min_words, cfg.max_words, sampling,
+                                            seed=derive_seed(params.seed, "gen_prompts", key), reserved=reserved)
         if not prompts:
             raise DataError(f"gen_prompts@{key}: no usable prompt in {metrics['generations']} generations "
                             f"(dropped: { {k: v for k, v in metrics.items() if k.startswith('dropped_') and v} })")
         out = stage.iteration_dir(key) / "prompts.jsonl"
         write_jsonl(out, [{"id": f"it{key}-p{i:04d}", "prompt": p} for i, p in enumerate(prompts)])
-        write_jsonl(stage.reserved_path(it["next"]), taken + [{"instruction": p, "source": f"it{key}"} for p in prompts])
+        taken += [{"instruction": p, "source": f"it{key}"} for p in prompts]
+        write_jsonl(stage.reserved_path(it["next"]), taken)
         log_artifact(out)
         write_metrics(stage.iteration_dir(key) / "metrics" / "gen_prompts.json", metrics)
         generator.clear()

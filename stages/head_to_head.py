@@ -1,4 +1,5 @@
-"""head_to_head@<a>_vs_<b>: the evaluation judge (evaluation.judge, any model directory) compares model a's and model b's responses to the
+"""head_to_head@<a>_vs_<b>: the evaluation judge (evaluation.judge, any model directory) compares model a's
+and model b's responses to the
 held-out prompts in both orders; disagreement is a tie. Win/tie/loss from a's side, and the
 win rate with the length difference regressed out."""
 from pathlib import Path
@@ -10,8 +11,9 @@ from srlm.generation import SamplingParams
 from srlm.io import DataError, read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "generation", "evaluation.judge", "evaluation.verdict", "evaluation.temperature",
-          "evaluation.top_p", "evaluation.verdict_max_new_tokens", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+          "evaluation.top_p", "evaluation.verdict_max_new_tokens", "model.trust_remote_code"]
 
 RESPONSES = {"id": str, "instruction": str, "output": str}
 
@@ -24,7 +26,8 @@ def run(params, name, matchup):
         y = read_jsonl(stage.eval_dir(matchup["b"]) / "responses.jsonl", RESPONSES)
         generator = stage.generator(params, Path(ev.judge), f"head_to_head@{name}")
         sampling = SamplingParams(n=1, temperature=ev.temperature, top_p=ev.top_p,
-                                  max_new_tokens=ev.verdict_max_new_tokens, seed=derive_seed(params.seed, "head_to_head"))
+                                  max_new_tokens=ev.verdict_max_new_tokens,
+                                  seed=derive_seed(params.seed, "head_to_head"))
         try:
             rows, metrics = head_to_head(generator, x, y, ev.verdict, sampling)
         except ValueError as e:

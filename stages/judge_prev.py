@@ -6,7 +6,8 @@ from srlm.config import derive_seed
 from srlm.io import read_jsonl, write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
-PARAMS = ["seed", "method", "judge", "generation", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "method", "judge", "generation", "model.trust_remote_code"]
 
 
 def run(params, key, it):

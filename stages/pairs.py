@@ -11,7 +11,8 @@ from srlm.metrics import longer_wins_rate
 from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
 
-PARAMS = ["pairs", "method", "cream.consistency", "judge.scoring"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["pairs", "method", "cream.consistency", "judge.scoring"]
 
 def _check_scores(rows, path):
     for i, r in enumerate(rows, 1):

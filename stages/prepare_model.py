@@ -4,7 +4,8 @@ from srlm.io import atomic_dir
 from srlm.modeling import prepare_base_model
 from srlm.tracking import record_model, stage_run, write_metrics
 
-PARAMS = ["model"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["model"]
 
 
 def run(params):

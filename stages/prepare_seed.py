@@ -8,7 +8,8 @@ from srlm.config import ConfigError, derive_seed
 from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
-PARAMS = ["seed", "seed_data"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "seed_data"]
 
 OUT = Path("data/seed")
 
@@ -26,17 +27,20 @@ def run(params):
                 raise ConfigError("params.yaml: seed_data.source=oasst1 needs seed_data.max_ift > 0: the number of "
                                   "prompts with a rank-0 reply that become IFT data (the paper: 3200 for training, "
                                   "so 4000 with eval_fraction 0.2); the other prompts become the ranked sets")
-            ift, ranked = seed.oasst1_split(*seed.load_oasst1(cfg.oasst_dataset), cfg.max_ift, derive_seed(params.seed, "subset"))
+            ift, ranked = seed.oasst1_split(*seed.load_oasst1(cfg.oasst_dataset), cfg.max_ift,
+                                            derive_seed(params.seed, "subset"))
         else:
             if not cfg.ift_path or not cfg.ranked_path:
-                raise ConfigError("params.yaml: seed_data.source=jsonl needs seed_data.ift_path and seed_data.ranked_path")
+                raise ConfigError("params.yaml: seed_data.source=jsonl needs seed_data.ift_path and "
+                                  "seed_data.ranked_path")
             ift, ranked = seed.load_ift(cfg.ift_path), seed.load_ranked(cfg.ranked_path)
         if cfg.gold_path:
             gold = seed.load_gold(cfg.gold_path)
         if cfg.source != "oasst1":
             ift = seed.limit(ift, cfg.max_ift, derive_seed(params.seed, "subset"))
         ranked = seed.limit(ranked, cfg.max_ranked, derive_seed(params.seed, "subset"))
-        parts = seed.split({"ift": ift, "ranked": ranked, "gold": gold}, cfg.eval_fraction, derive_seed(params.seed, "split"))
+        parts = seed.split({"ift": ift, "ranked": ranked, "gold": gold}, cfg.eval_fraction,
+                           derive_seed(params.seed, "split"))
         counts = {}
         for name, (train, held_out) in parts.items():
             for split, recs in (("train", train), ("eval", held_out)):

@@ -4,7 +4,8 @@ from srlm import stage
 from srlm.report import write_report
 from srlm.tracking import log_artifact, stage_run
 
-PARAMS = ["method", "judge.scoring", "evaluation", "iterations", "model.base"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["method", "judge.scoring", "evaluation", "iterations", "model.base"]
 
 
 def run(params):

@@ -1,16 +1,12 @@
 """sft: M0 fine-tuned on seed IFT + EFT data -> M1."""
 from srlm import seed, stage
 from srlm.config import derive_seed
+from srlm.launch import distribute, is_main_process
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import (
-    checkpoint_dir,
-    distribute,
-    is_main_process,
-    sft_examples,
-    train_sft,
-)
+from srlm.training import checkpoint_dir, sft_examples, train_sft
 
-PARAMS = ["seed", "sft", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
+PARAMS = ["seed", "sft", "distributed", "model.trust_remote_code"]
 
 IFT, EFT = "data/seed/ift_train.jsonl", "data/eft/train.jsonl"
 

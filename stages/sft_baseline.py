@@ -1,18 +1,14 @@
 """sft_baseline: M0 fine-tuned on seed IFT only (the paper's SFT baseline)."""
 from srlm import seed, stage
 from srlm.config import derive_seed
+from srlm.launch import distribute, is_main_process
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
-from srlm.training import (
-    checkpoint_dir,
-    distribute,
-    is_main_process,
-    sft_examples,
-    train_sft,
-)
+from srlm.training import checkpoint_dir, sft_examples, train_sft
 
+# The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "sft.epochs", "sft.learning_rate", "sft.final_learning_rate", "sft.batch_size", "sft.grad_accum",
           "sft.max_length", "sft.warmup_ratio", "sft.max_ift_examples", "sft.gradient_checkpointing",
-          "sft.precision", "sft.save_steps", "sft.lora", "distributed", "model.trust_remote_code"]  # exactly its params: in dvc.yaml
+          "sft.precision", "sft.save_steps", "sft.lora", "distributed", "model.trust_remote_code"]
 
 IFT = "data/seed/ift_train.jsonl"
 

@@ -1,10 +1,13 @@
 """Helpers to run the real DVC pipeline in a throwaway copy of the project on the tiny model."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,19 +73,46 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
     return p
 
 
-def start_and_kill(cmd: list[str], cwd: Path, sig: int, ready, what: str, **extra_env: str) -> subprocess.Popen:
-    """Start `cmd` in its own process group; send it `sig` once `ready()` is true (e.g. a shard or a
-    checkpoint is on disk), and wait for it to end."""
-    p = subprocess.Popen(cmd, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not ready():
-        assert p.poll() is None, f"the stage ended before it could be interrupted:\n{p.stderr.read()[-3000:]}"
-        assert time.time() < deadline, f"no {what} appeared"
-        time.sleep(0.01)
-    os.killpg(p.pid, sig)
-    p.wait(timeout=60)
-    return p
+def start_and_kill(cmd: list[str], cwd: Path, sig: int | None, hold_after: int, while_held=None, timeout: float = 300,
+                   **extra_env: str) -> subprocess.CompletedProcess:
+    """Start `cmd` in its own process group, held (srlm.resume.hold_point) right after its `hold_after`-th
+    progress shard or checkpoint; call `while_held()`, send `sig` to the group (None: release the hold
+    instead), and wait for every process of it to end (the pipes close). States, not timing: the signal
+    always lands mid-run. Returns the exit status, the whole stdout and stderr and the pid; on any failure
+    here the group is killed and its stderr shown."""
+    hold = Path(tempfile.mkdtemp(prefix="srlm-hold-")) / "hold"
+    hold.touch()
+    ready = Path(f"{hold}.ready")
+    p = subprocess.Popen(cmd, cwd=cwd, env=env(SRLM_TEST_HOLD=f"{hold}:{hold_after}", **extra_env),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    what, out, err = " ".join(cmd[1:]), "", ""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            try:  # drains the pipes meanwhile, so a chatty stage never blocks on a full one
+                out, err = p.communicate(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                assert time.monotonic() < deadline, f"{what} did not reach its hold point in {timeout:.0f} s"
+            else:
+                raise AssertionError(f"{what} ended with {p.returncode} before its hold point:\n{err[-4000:]}")
+        if while_held is not None:
+            while_held()
+        if sig is None:  # let it go on instead
+            hold.unlink()
+        else:
+            os.killpg(p.pid, sig)
+        out, err = p.communicate(timeout=timeout)
+    except BaseException as e:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        if p.returncode is None or not err:
+            err = p.communicate()[1]
+        raise AssertionError(f"{e}\nstderr of {what}:\n{err[-6000:]}") from e
+    finally:
+        shutil.rmtree(hold.parent, ignore_errors=True)
+    done = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    done.pid = p.pid  # whose leftovers a test may look for
+    return done
 
 
 def dvc(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@ import torch
 
 from srlm import training
 from srlm.config import DpoConfig, LoraConfig
-from srlm.training import CreamDPOTrainer, cream_loss, dpo_examples, train_dpo
+from srlm.cream import CreamDPOTrainer, cream_loss
+from srlm.training import dpo_examples, train_dpo
 
 BETA = 0.1
 
@@ -15,8 +16,9 @@ BETA = 0.1
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An untrained one-layer Llama with the test tokenizer: enough for exact loss checks, built in ~1 s."""
-    from tiny import build_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tiny import build_tokenizer
 
     d = tmp_path_factory.mktemp("cream") / "model"
     tok = build_tokenizer(d)

@@ -16,8 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from srlm import training
-from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, parse_params
+from srlm import launch, training
+from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, derive_seed, parse_params
 from srlm.modeling import load_model
 from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
 
@@ -61,7 +61,8 @@ def project(d: Path, model_dir: Path, model: str, params: dict) -> Path:
     (d / "models").mkdir(parents=True)
     (d / "models" / model).symlink_to(model_dir)
     params = {"distributed": {"num_processes": 2, "config_file": FSDP_YAML, "main_process_port": free_port()},
-              "iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"}}} | params
+              "iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"}},
+              "evaluation": {"models": ["sft_baseline", "m2"], "matchups": {}}} | params  # one iteration: to m2
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     return d
 
@@ -110,7 +111,7 @@ def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch
     # One process with batch 4 sees the same 4 examples per step: the same loss and, up to float sums, weights.
     cfg = SftConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(**LORA))
     examples = sft_examples([(r["instruction"], r["response"]) for r in rows])
-    one = train_sft(model_dir, tmp_path / "one", examples, cfg, seed=1234, work_dir=tmp_path / "w")
+    one = train_sft(model_dir, tmp_path / "one", examples, cfg, seed=derive_seed(1234, "sft"), work_dir=tmp_path / "w")
     assert metrics["first_loss"] == pytest.approx(one["first_loss"], abs=1e-5)
     assert metrics["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
     assert 1e-4 < max_diff(tmp_path / "one", model_dir)  # training moved the weights
@@ -138,7 +139,8 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
     generates(d / "models/m2")
 
     cfg = DpoConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False))
-    one = train_dpo(model_dir, tmp_path / "one", dpo_examples(pairs), cfg, seed=1234 + 1, work_dir=tmp_path / "w",
+    one = train_dpo(model_dir, tmp_path / "one", dpo_examples(pairs), cfg, seed=derive_seed(1234, "dpo", 1),
+                    work_dir=tmp_path / "w",
                     consistency="dynamic")
     assert metrics["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
     assert 1e-4 < max_diff(tmp_path / "one", model_dir)
@@ -189,12 +191,12 @@ def launched(monkeypatch, tmp_path):
 
 
 def test_one_process_is_not_relaunched(launched):
-    training.distribute(DistributedConfig())
+    launch.distribute(DistributedConfig())
     assert launched == []
 
 
 def test_a_stage_relaunches_itself_under_accelerate(launched):
-    training.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"))
+    launch.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"))
     (cmd, env), = launched
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     args = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
@@ -203,24 +205,24 @@ def test_a_stage_relaunches_itself_under_accelerate(launched):
     assert cmd[-3:] == ["stages/dpo.py", "--iteration", "2"]
     if not torch.cuda.is_available():  # 8 processes share the cores instead of each taking them all
         assert env["SRLM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 8))
-    assert not training.JOB_FILE.exists()
+    assert not launch.JOB_FILE.exists()
 
 
 def test_launched_processes_other_than_rank_0_do_not_track(launched, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("SRLM_TRACKING", "on")
-    training.distribute(DistributedConfig(num_processes=4))
-    assert launched == [] and os.environ["SRLM_TRACKING"] == "off" and not training.is_main_process()
+    launch.distribute(DistributedConfig(num_processes=4))
+    assert launched == [] and os.environ["SRLM_TRACKING"] == "off" and not launch.is_main_process()
 
 
 def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(launched, monkeypatch):
     dist = DistributedConfig(num_processes=16, num_machines=2, main_process_ip="10.0.0.1")
-    training.distribute(dist)
+    launch.distribute(dist)
     (cmd, _), = launched
     assert ["--machine_rank", "0"] == cmd[cmd.index("--machine_rank"):][:2]
     assert ["--main_process_ip", "10.0.0.1"] == cmd[cmd.index("--main_process_ip"):][:2]
-    job = json.loads(training.JOB_FILE.read_text())
+    job = json.loads(launch.JOB_FILE.read_text())
     assert job["argv"] == ["stages/dpo.py", "--iteration", "2"]
 
     ran = []
@@ -231,17 +233,17 @@ def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(l
     def sleep(_):
         if len(ran) == 1:
             raise Stop
-        training.JOB_FILE.write_text(json.dumps(job | {"id": "new"}))  # machine 0 posts the next stage's job
+        launch.JOB_FILE.write_text(json.dumps(job | {"id": "new"}))  # machine 0 posts the next stage's job
 
-    monkeypatch.setattr(training.subprocess, "call", lambda argv, env: ran.append((argv, env["SRLM_MACHINE_RANK"])) or 0)
-    monkeypatch.setattr(training.time, "sleep", sleep)
+    monkeypatch.setattr(launch.subprocess, "call", lambda argv, env: ran.append((argv, env["SRLM_MACHINE_RANK"])) or 0)
+    monkeypatch.setattr(launch.time, "sleep", sleep)
     with pytest.raises(Stop):
-        training.worker(machine_rank=1)
+        launch.worker(machine_rank=1)
     # The job already posted when the worker started is not joined (its rendezvous may be over); the new one is.
     assert ran == [([sys.executable, "stages/dpo.py", "--iteration", "2"], "1")]
 
     monkeypatch.setenv("SRLM_MACHINE_RANK", "1")  # the worker's stage process then launches as machine 1
-    training.distribute(dist)
+    launch.distribute(dist)
     assert ["--machine_rank", "1"] == launched[-1][0][launched[-1][0].index("--machine_rank"):][:2]
 
 

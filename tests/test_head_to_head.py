@@ -68,7 +68,8 @@ def test_a_judge_that_always_picks_the_first_position_only_ties():
     rows, m = head_to_head(judge, X, Y, "sampled", SAMPLING)
     assert {r["outcome"] for r in rows} == {"tie"} and m["verdicts_first_position"] == 1.0
     # every pair was shown in both orders
-    assert len(judge.seen) == 6 and shown(judge.seen[0]) == ("good 1", "bad 1") and shown(judge.seen[3]) == ("bad 1", "good 1")
+    assert len(judge.seen) == 6
+    assert shown(judge.seen[0]) == ("good 1", "bad 1") and shown(judge.seen[3]) == ("bad 1", "good 1")
 
 
 def test_unparsable_verdicts_are_ties_and_counted():

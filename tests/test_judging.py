@@ -122,8 +122,8 @@ def test_the_expected_readout_records_the_digit_mass_and_counts_noise(tiny_model
 
     from srlm.generation import Completion, SamplingParams
     from srlm.judging import judge_candidates
-    from srlm.scores import LOW_DIGIT_MASS
     from srlm.modeling import load_tokenizer
+    from srlm.scores import LOW_DIGIT_MASS
 
     class Stub:
         tokenizer = load_tokenizer(tiny_model_dir)

@@ -4,8 +4,11 @@ import re
 import sys
 
 import pytest
+import yaml
 
-from e2e_project import dvc, make_project, run
+from e2e_project import dvc, run
+from srlm.io import file_sha256
+from srlm.modeling import load_tokenizer
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +23,36 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def skipped(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([^']+)' didn't change, skipping", output))
+
+
+def table(report: str, header: str, key: str) -> dict[str, str]:
+    """The row named `key` of the report's table whose header starts with `header`, as {column: cell}."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header}"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return dict(zip(rows[0], next(r for r in rows[2:] if r[0] == key)))
+
+
+def outputs(d) -> dict[str, tuple]:
+    """Every file of every output in dvc.lock: its content hash, and its mtime and inode, which a checkout
+    (a run-cache restore) changes even when the content is the same."""
+    lock = yaml.safe_load((d / "dvc.lock").read_text())
+    files = {}
+    for st in lock["stages"].values():
+        for o in st.get("outs", []):
+            p = d / o["path"]
+            for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+                if f.is_file():
+                    files[str(f.relative_to(d))] = (file_sha256(f), f.stat().st_mtime_ns, f.stat().st_ino)
+    return files
+
+
 @pytest.fixture(scope="module")
 def project(repro_project):
     d, stdout, _lock = repro_project
@@ -29,8 +62,10 @@ def project(repro_project):
 def test_repro_runs_every_stage_and_produces_m3(project):
     d, out = project
     assert ran(out) == set(ALL_STAGES)
-    assert (d / "models/m3/model.safetensors").is_file() and (d / "models/m3/chat_template.jinja").exists() \
-        or (d / "models/m3/tokenizer_config.json").is_file()
+    assert (d / "models/m3/model.safetensors").is_file()
+    assert load_tokenizer(d / "models/m3").chat_template  # refuses a checkpoint without one
+    left = sorted(str(p.relative_to(d)) for p in (d / ".srlm/progress").rglob("*"))
+    assert not left, f"progress a stage did not remove: {left}"  # every generating and training stage clears its own
     for t in (1, 2):
         pairs = [json.loads(line) for line in (d / f"data/it{t}/pairs.jsonl").read_text().splitlines()]
         assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
@@ -46,25 +81,35 @@ def test_repro_runs_every_stage_and_produces_m3(project):
 def test_report_is_built_from_the_stage_outputs(project):
     d, _ = project
     report = (d / "reports/report.md").read_text()
+    readout = yaml.safe_load((d / "params.yaml").read_text())["judge"]["scoring"]
     for m in MODELS:
         judge = json.loads((d / f"data/eval/{m}/metrics/judge.json").read_text())
         assert judge["sampled_pairs"] == judge["expected_pairs"] > 0
-        row = next(line for line in report.splitlines() if line.startswith(f"| {m} |"))
-        acc = judge["expected_pairwise_accuracy"]
-        assert f"{100 * acc:.1f}" in row          # the Table-2 row shows the stage's number
+        row = table(report, "model | pairwise acc %", m)   # the Table-2 row shows the stage's numbers
+        assert float(row["pairwise acc %"]) == pytest.approx(100 * judge[f"{readout}_pairwise_accuracy"], abs=0.05)
+        assert float(row["parse rate %"]) == pytest.approx(100 * judge["parse_rate"], abs=0.05)
         alpaca = json.loads((d / f"data/eval/{m}/alpaca_eval.json").read_text())
         assert len(alpaca) == 3 and set(alpaca[0]) == {"instruction", "output", "generator"}
     h2h = json.loads((d / "data/eval/head_to_head/m3_vs_sft_baseline/metrics.json").read_text())
     assert h2h["win"] + h2h["tie"] + h2h["loss"] == h2h["n"] == 3
-    assert "| m3 vs sft_baseline |" in report
+    row = table(report, "a vs b |", "m3 vs sft_baseline")
+    for col, key in (("win %", "win_rate"), ("tie %", "tie_rate"), ("loss %", "loss_rate"),
+                     ("win rate %", "win_rate_ties_half")):
+        assert float(row[col]) == pytest.approx(100 * h2h[key], abs=0.05), col
+    assert int(row["n"]) == h2h["n"]
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
     assert "iteration" in (d / "reports/plots/iterations.csv").read_text()
 
 
 def test_second_repro_is_a_no_op(project):
     d, _ = project
+    assert "up to date" in dvc(["status"], d).stdout
+    lock, before = (d / "dvc.lock").read_text(), outputs(d)
     again = dvc(["repro"], d)
-    assert ran(again.stdout) == set()
+    # Nothing run, and nothing restored from the run cache either (that prints no "Running stage").
+    assert ran(again.stdout) == set() and "is cached" not in again.stdout, again.stdout
+    assert skipped(again.stdout) == set(ALL_STAGES), again.stdout
+    assert (d / "dvc.lock").read_text() == lock and outputs(d) == before
     assert "up to date" in dvc(["status"], d).stdout
 
 
@@ -129,3 +174,21 @@ def test_cream_reuses_the_generation_stages(project):
     dry = dvc(["repro", "--dry"], d)
     params.write_text(before)
     assert ran(dry.stdout) == {"pairs@1", "pairs@2"}
+
+
+@pytest.mark.parametrize("key", ["batch_size", "shard_size"])
+def test_the_batching_params_rerun_every_generating_stage(project, key):
+    """They decide which prompts share a batch and a seed (tests/test_determinism.py), so each is a param of
+    every stage that generates: changing it reruns those and what they feed, and no stage before them."""
+    d, _ = project
+    params = d / "params.yaml"
+    before = params.read_text()
+    p = yaml.safe_load(before)
+    p["generation"][key] += 1
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    try:
+        dry = dvc(["repro", "--dry"], d)
+    finally:
+        params.write_text(before)
+    # build_eft is the first stage that generates; everything after it depends on it
+    assert ran(dry.stdout) == set(ALL_STAGES) - {"prepare_model", "prepare_seed", "sft_baseline"}, dry.stdout

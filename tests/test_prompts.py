@@ -1,7 +1,6 @@
 import random
 
-from srlm.prompts import (JUDGE_TEMPLATE, PromptFilter, fewshot_prompt, judge_prompt, parse_generated_tasks,
-                          pick_shots)
+from srlm.prompts import JUDGE_TEMPLATE, PromptFilter, fewshot_prompt, judge_prompt, parse_generated_tasks, pick_shots
 
 
 def test_judge_prompt_is_the_papers_figure_2():

@@ -79,7 +79,8 @@ def test_no_builtin_evaluation_instruction_is_equal_or_near_to_a_training_one(tm
     monkeypatch.setenv("SRLM_TRACKING", "off")
     prepare_seed.run(parse_params({}))
     def instructions(name):
-        return {json.loads(line)["instruction"] for line in (tmp_path / f"data/seed/{name}.jsonl").read_text().splitlines()}
+        lines = (tmp_path / f"data/seed/{name}.jsonl").read_text().splitlines()
+        return {json.loads(line)["instruction"] for line in lines}
     train = set().union(*(instructions(f"{n}_train") for n in ("ift", "ranked", "gold")))
     held_out = set().union(*(instructions(f"{n}_eval") for n in ("ift", "ranked", "gold")))
     assert len(held_out) >= 40 and len(train) >= 200

@@ -77,3 +77,19 @@ def test_training_data_that_does_not_fit_max_length_stops_dpo_before_training(pr
     assert p.returncode == 2, p.stderr[-2000:]
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert not (project / "models/m2").exists() and not list((project / "models").glob(".m2.tmp-*"))
+
+
+def test_a_missing_model_stops_the_stage_with_the_stage_that_makes_it(project):
+    (project / "data/it2").mkdir(exist_ok=True)
+    write_jsonl(project / "data/it2/prompts.jsonl", [{"id": "it2-p0000", "prompt": "Name a river."}])
+    p = stage(project, "sample", "--iteration", "2")  # M2: dpo@1 has not made it
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "error: models/m2: not a model checkpoint (no config.json); run the stage that makes it" in p.stderr
+    assert "Traceback" not in p.stderr and not (project / "data/it2/candidates.jsonl").exists()
+
+
+def test_a_missing_base_model_stops_prepare_model(project):
+    p = stage(project, "prepare_model", params={"model": {"base": str(project / "no/such/model")}})
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert f"error: model.base='{project / 'no/such/model'}': no such directory" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and not (project / "models/m0").exists()

@@ -18,6 +18,7 @@ from e2e_project import start_and_kill as kill_when
 OUT = Path("data/it1/candidates.jsonl")
 PROGRESS = Path(".srlm/progress/sample_1")
 CMD = [sys.executable, "stages/sample.py", "--iteration", "1"]
+HELD = 2  # shards finished when the signal lands
 
 
 @pytest.fixture(scope="module")
@@ -52,43 +53,56 @@ def shards(d: Path) -> list[Path]:
     return sorted((d / PROGRESS).glob("*/generate-*.json"))
 
 
-def start_and_kill(cmd: list[str], d: Path, sig: int, after_shards: int = 2) -> subprocess.Popen:
-    """Start `cmd`, send `sig` to its process group once `after_shards` shards are on disk."""
-    return kill_when(cmd, d, sig, lambda: len(shards(d)) >= after_shards, "progress shard", **stage_vars(d))
+def start_and_kill(cmd: list[str], d: Path, sig: int, after_shards: int = HELD, while_held=None):
+    """Run `cmd`, held right after its `after_shards`-th shard; send `sig` to its process group there."""
+    return kill_when(cmd, d, sig, after_shards, while_held, **stage_vars(d))
 
 
 def leftovers(d: Path) -> list[str]:
-    return [p.name for p in (d / "data/it1").rglob("*") if ".tmp-" in p.name]
+    """Temporaries of the output and of the progress shards."""
+    return [p.name for root in (d / "data/it1", d / ".srlm") for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+def unchanged(d: Path) -> None:
+    assert (d / OUT).read_text() == "previous output\n"
+
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_killed_stage_keeps_its_previous_output_and_the_rerun_resumes(project, sig):
     d, reference = project
     (d / OUT).write_text("previous output\n")
-    p = start_and_kill(CMD, d, sig)
-    assert p.returncode != 0
+    p = start_and_kill(CMD, d, sig, while_held=lambda: unchanged(d))
+    # The output first: replaced would mean the stage had finished before the signal.
+    assert (d / OUT).read_text() == "previous output\n", p.stderr[-3000:]
+    assert p.returncode == EXIT[sig], p.stderr[-3000:]
     if sig != signal.SIGKILL:   # the handled signals say what happened; SIGKILL gives no chance to
-        assert ("interrupted" if sig == signal.SIGINT else "terminated") in p.stderr.read()
-    assert (d / OUT).read_text() == "previous output\n"
-    assert not leftovers(d) or sig == signal.SIGKILL   # SIGKILL: swept by the next write, checked below
-    done = len(shards(d))
-    assert done >= 2
+        assert ("interrupted" if sig == signal.SIGINT else "terminated") in p.stderr, p.stderr[-3000:]
+    assert not leftovers(d), p.stderr[-3000:]
+    assert len(shards(d)) == HELD
+    if sig == signal.SIGKILL:   # what a writer killed mid-write leaves: swept by the rerun, checked below
+        (d / "data/it1" / f".candidates.jsonl.tmp-{p.pid}-x").write_text("half")
+        (shards(d)[0].parent / f".generate-0.json.tmp-{p.pid}-x").write_text("half")
 
     rerun = stage(d)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resumed, {done} of 12 shards" in rerun.stderr
+    assert f"resumed, {HELD} of 12 shards" in rerun.stderr, rerun.stderr[-3000:]
     assert (d / OUT).read_bytes() == reference
     assert not leftovers(d) and not (d / PROGRESS).exists()
 
 
 def test_a_damaged_shard_is_recomputed(project):
     d, reference = project
-    start_and_kill(CMD, d, signal.SIGKILL, after_shards=3)
+    p = start_and_kill(CMD, d, signal.SIGKILL, after_shards=3)
+    assert p.returncode == -signal.SIGKILL and len(shards(d)) == 3, p.stderr[-3000:]
     victim = shards(d)[1]
     victim.write_text(victim.read_text()[:40])   # torn write of a copy, a bad disk block...
     rerun = stage(d)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "damaged progress shard, discarded and recomputed" in rerun.stderr
+    assert "resumed, 2 of 12 shards" in rerun.stderr, rerun.stderr[-3000:]
     assert (d / OUT).read_bytes() == reference
 
 
@@ -103,21 +117,30 @@ def test_a_full_disk_leaves_no_partial_output_and_keeps_the_finished_work(projec
     d, reference = project
     (d / OUT).unlink()
     full = stage(d, preexec_fn=_small_file_limit)
-    assert full.returncode == 2
-    assert "error: no room to write data/it1/candidates.jsonl" in full.stderr
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "error: no room to write data/it1/candidates.jsonl" in full.stderr, full.stderr[-3000:]
     assert not (d / OUT).exists() and not leftovers(d)
     assert len(shards(d)) == 12
 
     rerun = stage(d)
-    assert rerun.returncode == 0 and "resumed, 12 of 12 shards" in rerun.stderr
+    assert rerun.returncode == 0 and "resumed, 12 of 12 shards" in rerun.stderr, rerun.stderr[-3000:]
     assert (d / OUT).read_bytes() == reference
 
 
 def test_ctrl_c_on_dvc_repro_then_dvc_repro_resumes(project):
     d, reference = project
+
+    def not_written():  # dvc removes a stage's outputs before it runs it
+        assert not (d / OUT).exists()
+
     p = start_and_kill([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "sample@1"], d,
-                       signal.SIGINT)
-    assert p.returncode != 0
+                       signal.SIGINT, while_held=not_written)
+    assert not (d / OUT).exists(), p.stderr[-3000:]
+    # dvc ignores SIGINT while its stage runs; the stage's 130 is a failed stage to it, and dvc exits 255
+    assert "interrupted" in p.stderr and "exited with 130" in p.stderr, p.stderr[-3000:]
+    assert p.returncode == 255, p.stderr[-3000:]
+    assert len(shards(d)) == HELD and not leftovers(d)
     rerun = dvc(["repro", "--single-item", "sample@1"], d, SRLM_TRACKING="off", PYTHONPATH=str(d))
-    assert "resumed" in rerun.stderr + rerun.stdout
+    assert f"resumed, {HELD} of 12 shards" in rerun.stderr + rerun.stdout, rerun.stderr[-3000:]
     assert (d / OUT).read_bytes() == reference
+    assert not leftovers(d) and not (d / PROGRESS).exists()

@@ -67,6 +67,8 @@ def env(**extra: str) -> dict:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    # The copy's srlm/, not the checkout's that the editable install points at: the copy is the snapshot.
+    extra_env.setdefault("PYTHONPATH", str(cwd))
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(**extra_env))
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")

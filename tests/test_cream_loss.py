@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from srlm import training
+from srlm import cream as cream_module
 from srlm.config import DpoConfig, LoraConfig
 from srlm.cream import CreamDPOTrainer, cream_loss
 from srlm.training import dpo_examples, train_dpo
@@ -181,7 +181,7 @@ def _cfg():
 def test_train_dpo_end_to_end(model_dir, tmp_path, monkeypatch, mode):
     monkeypatch.setenv("SRLM_TRACKING", "off")
     seen = []  # the C values that reach the loss
-    monkeypatch.setattr(training, "cream_loss", lambda m, c, b: seen.append(c) or cream_loss(m, c, b))
+    monkeypatch.setattr(cream_module, "cream_loss", lambda m, c, b: seen.append(c) or cream_loss(m, c, b))
     rows = _pairs(4, c=lambda i: [0.2, 0.4, 0.9, 1.0][i])
     metrics = train_dpo(model_dir, tmp_path / "out", dpo_examples(rows), _cfg(), seed=0,
                         work_dir=tmp_path / "work", consistency=mode)

@@ -19,9 +19,10 @@ import time
 
 from common import model_or_default
 
-from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, register_fast_attention
+from srlm.generation import TransformersGenerator, register_fast_attention
 from srlm.modeling import load_model, set_threads
 from srlm.prompts import judge_prompt
+from srlm.sampling import SamplingParams, chat_prompt
 from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
 
 

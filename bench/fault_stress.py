@@ -1,5 +1,5 @@
 """The fault tests under CPU contention: R runs of `pytest tests/faults` while busy-looping processes keep
-every core busy, as a loaded CI machine does. The fault tests wait on states (srlm.resume.hold_point), not
+every core busy, as a loaded CI machine does. The fault tests wait on states (srlm.progress.hold_point), not
 on timing, so every run should pass; a failure here is a real one (or a race to fix).
 
     python bench/fault_stress.py [ROUNDS] [--burners N] [-- PYTEST_ARGS...]

@@ -2,7 +2,6 @@
 held-out prompts, and the judge compares two models' answers in both orders (Figure 3)."""
 from __future__ import annotations
 
-from .generation import chat_prompt
 from .judging import judge_responses, pairwise_verdicts
 from .metrics import (
     head_to_head_summary,
@@ -12,6 +11,7 @@ from .metrics import (
     reward_model_metrics,
     score_histogram,
 )
+from .sampling import chat_prompt
 from .scores import calibrated_outcome, candidate_scores, combine_orders, judge_metrics
 
 

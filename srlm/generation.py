@@ -1,10 +1,6 @@
-"""Generation backends behind one interface.
-
-Every stage that generates (gen_prompts, sample, judge, build_eft) calls
-`Generator.generate(prompts, SamplingParams)` with fully rendered prompt strings and gets,
-per prompt, `n` completions. Two backends implement it: transformers (the CPU path) and vLLM
-(GPUs); `generation.backend` picks one (see `make_generator`). vllm is an optional dependency and is
-imported only when that backend is used.
+"""The generation backends: the interface of srlm.sampling implemented by transformers (the CPU path)
+and by vLLM (GPUs); `generation.backend` picks one (see `make_generator`). vllm is an optional
+dependency and is imported only when that backend is used.
 """
 from __future__ import annotations
 
@@ -13,44 +9,13 @@ import functools
 import math
 import os
 import sys
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import derive_seed
 from .modeling import ModelError, context_length, load_model, load_tokenizer
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 128
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    num_tokens: int
-    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
-
-
-class Generator(ABC):
-    tokenizer: object  # renders chat templates for the prompts given to `generate`
-
-    @abstractmethod
-    def generate(self, prompts: list[str], params: SamplingParams, desc: str = "generate") -> list[list[Completion]]:
-        """Return `params.n` completions for each prompt, in the order of `prompts`."""
-
-
-def chat_prompt(tokenizer, user_text: str) -> str:
-    """Render a single user turn with the model's chat template, ready for the assistant's reply."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                         add_generation_prompt=True)
+from .sampling import Completion, Generator, SamplingParams
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
@@ -397,15 +362,3 @@ def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "
                              tensor_parallel_size=tensor_parallel_size,
                              gpu_memory_utilization=gpu_memory_utilization)
     raise ValueError(f"generation.backend={backend!r} is not available; use 'auto', 'transformers' or 'vllm'")
-
-
-def sample_responses(generator: Generator, prompts: list[dict], sampling: SamplingParams) -> list[dict]:
-    """N candidate responses per prompt record ({id, prompt}); candidate ids are `<prompt id>-c<j>`."""
-    rendered = [chat_prompt(generator.tokenizer, p["prompt"]) for p in prompts]
-    outs = generator.generate(rendered, sampling, desc="sample")
-    rows = []
-    for p, comps in zip(prompts, outs):
-        for j, c in enumerate(comps):
-            rows.append({"prompt_id": p["id"], "candidate_id": f"{p['id']}-c{j}", "prompt": p["prompt"],
-                         "response": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason})
-    return rows

@@ -2,9 +2,9 @@
 the candidates of an iteration, the pairwise verdicts of the head-to-head, and the EFT construction."""
 from __future__ import annotations
 
-from .generation import chat_prompt
 from .metrics import length_bias, score_histogram
 from .prompts import judge_prompt, pairwise_prompt
+from .sampling import chat_prompt
 from .scores import (
     _before_score,
     agrees_with_ranking,
@@ -43,9 +43,6 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, expected:
             # How much probability the digits had before renormalising: near 0, the expected score is noise.
             r["digit_mass"] = [round(float(row.sum()), 4) for row in p]
     return results
-
-
-CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}  # candidates.jsonl
 
 
 def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc: str = "judge"):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import artifacts
 from .config import judge_conflict, parse_params
 from .io import DataError, atomic_write_text
 
@@ -43,14 +44,14 @@ def git_loader(rev: str, root: Path = Path(".")):
 def collect(params, load=None) -> dict:
     """All metrics the report shows, keyed as the stages wrote them."""
     load = load or file_loader()
-    its = {k: {name: load(f"data/it{k}/metrics/{name}.json")
+    its = {k: {name: load(artifacts.iteration_metrics(k, name))
                for name in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")}
            for k in map(str, params.iterations)}
-    models = {m: {"judge": load(f"data/eval/{m}/metrics/judge.json"),
-                  "answer": load(f"data/eval/{m}/metrics/answer.json")} for m in params.evaluation.models}
-    h2h = {n: load(f"data/eval/head_to_head/{n}/metrics.json") for n in params.evaluation.matchups}
+    models = {m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer")}
+              for m in params.evaluation.models}
+    h2h = {n: load(artifacts.matchup_metrics(n)) for n in params.evaluation.matchups}
     return {"iterations": its, "models": models, "head_to_head": h2h,
-            "seed": load("metrics/prepare_seed.json"), "eft": load("metrics/build_eft.json")}
+            "seed": load(artifacts.metrics("prepare_seed")), "eft": load(artifacts.metrics("build_eft"))}
 
 
 def _f(v, pct: bool = False, digits: int = 3) -> str:
@@ -257,7 +258,7 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
     return written
 
 
-def write_report(params, out_dir: Path = Path("reports")) -> dict:
+def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
     """Collect, render and write the report (Markdown, PNG figures, CSV tables for `dvc plots`)."""
     import pandas as pd
 

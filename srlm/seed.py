@@ -14,23 +14,21 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .artifacts import EFT, GOLD, IFT, RANKED
 from .io import DataError, read_jsonl
 from .prompts import NearDuplicates, judge_prompt
 from .scores import parse_score
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "builtin"
-IFT_SCHEMA = {"id": str, "instruction": str, "response": str}
-RANKED_SCHEMA = {"id": str, "instruction": str, "responses": list}
-GOLD_SCHEMA = {"id": str, "instruction": str, "response": str, "judgment": str, "score": int}
 
 
 def load_ift(path) -> list[dict]:
-    return [{k: r[k] for k in IFT_SCHEMA} | {"category": r.get("category", "")} for r in read_jsonl(path, IFT_SCHEMA)]
+    return [{k: r[k] for k in IFT} | {"category": r.get("category", "")} for r in read_jsonl(path, IFT)]
 
 
 def load_ranked(path) -> list[dict]:
     out = []
-    for i, r in enumerate(read_jsonl(path, RANKED_SCHEMA), 1):
+    for i, r in enumerate(read_jsonl(path, RANKED), 1):
         where = f"{path}: record {i} (id {r['id']!r})"
         resps = r["responses"]
         if not 2 <= len(resps) <= 16:
@@ -51,12 +49,12 @@ def load_ranked(path) -> list[dict]:
 
 def load_gold(path, allow_empty: bool = False) -> list[dict]:
     out = []
-    for i, r in enumerate(read_jsonl(path, GOLD_SCHEMA, allow_empty=allow_empty), 1):
+    for i, r in enumerate(read_jsonl(path, GOLD, allow_empty=allow_empty), 1):
         parsed = parse_score(r["judgment"])
         if parsed.score != r["score"]:
             raise DataError(f"{path}: record {i} (id {r['id']!r}): judgment must end with 'Score: {r['score']}' "
                             f"matching the score field (parsed: {parsed.status}, {parsed.score})")
-        out.append({k: r[k] for k in GOLD_SCHEMA})
+        out.append({k: r[k] for k in GOLD})
     return out
 
 
@@ -115,7 +113,7 @@ def sft_pairs(ift_path, eft_path, max_ift: int, max_eft: int, seed: int) -> tupl
     prompt of Figure 2 -> the judgment), each subset seeded, shuffled together; and their counts.
     The positive-only variant adds its curated examples to exactly this."""
     ift = limit(load_ift(ift_path), max_ift, seed)
-    eft = limit(read_jsonl(eft_path, {"instruction": str, "response": str, "judgment": str}, allow_empty=True),
+    eft = limit(read_jsonl(eft_path, EFT, allow_empty=True),
                 max_eft, seed)
     pairs = [(r["instruction"], r["response"]) for r in ift]
     pairs += [(judge_prompt(r["instruction"], r["response"]), r["judgment"]) for r in eft]

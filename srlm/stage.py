@@ -10,11 +10,15 @@ import signal
 import sys
 from pathlib import Path
 
+from . import artifacts
 from .config import ConfigError, load_params, section_dict
 from .io import DataError
-from .modeling import ModelError, set_threads
+from .modeling import ModelError, load_tokenizer, set_threads
+from .progress import work_dir
+from .resume import ResumableGenerator
 
 EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError)
+AUDIT_ENV = "SRLM_AUDIT_FILES"  # tests only: see _audit_files
 
 
 def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
@@ -35,6 +39,8 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
     for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_threads()
+    if os.environ.get(AUDIT_ENV):
+        _audit_files(os.environ[AUDIT_ENV])
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporaries are removed on the way out.
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -75,6 +81,43 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
         raise
 
 
+def _audit_files(log_path: str) -> None:
+    """Tests only. Record every file under the working directory that this process opens, for reading or
+    writing (a rename counts as writing its destination), and append them to `log_path` at exit as one
+    JSON line {stage, read, write}: the end-to-end test checks them against the stage's deps and outs in
+    dvc.lock, so a stage cannot read an input that is not in its cache key."""
+    import atexit
+    import json
+
+    root, seen, on = Path.cwd(), {"read": set(), "write": set()}, [True]
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def note(kind, path):
+        if isinstance(path, (str, bytes, os.PathLike)):
+            p = Path(os.fsdecode(path))
+            p = p if p.is_absolute() else root / p
+            if p.is_relative_to(root) and (kind == "write" or p.exists()):  # (a path relative to a dir_fd: not ours)
+                seen[kind].add(str(p.relative_to(root)))
+
+    def hook(event, args):
+        if not on[0]:
+            return
+        if event == "open":
+            path, mode, flags = args
+            note("write" if (mode and any(c in mode for c in "wax+")) or (flags or 0) & writing else "read", path)
+        elif event == "os.rename":  # os.replace too
+            note("write", args[1])
+
+    def dump():
+        on[0] = False
+        record = {"stage": os.environ.get("DVC_STAGE", ""), **{k: sorted(v) for k, v in seen.items()}}
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    sys.addaudithook(hook)
+    atexit.register(dump)
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -91,41 +134,15 @@ def tracked(params, keys: list[str]) -> dict:
     return out
 
 
-def iteration_dir(key: str) -> Path:
-    return Path("data") / f"it{key}"
-
-
-def reserved_path(model: str) -> Path:
-    """The instructions that the prompts generated in M_<model>'s iteration must differ from (every
-    evaluation instruction, and the prompts of earlier iterations), one {instruction, source} a line:
-    prepare_seed writes m1's, gen_prompts@t extends M_t's into M_{t+1}'s. Keyed by model name
-    because DVC cannot compute t - 1 for iteration t's dependency."""
-    return Path("data") / "reserved" / f"{model}.jsonl"
-
-
-def model_path(name: str) -> Path:
-    return Path("models") / name
-
-
-def eval_dir(model: str) -> Path:
-    return Path("data") / "eval" / model
-
-
-def matchup_dir(name: str) -> Path:
-    return Path("data") / "eval" / "head_to_head" / name
-
-
 def generator(params, model: str | Path, name: str):
     """The one place stages get a generator: `model`'s (a pipeline model's name, or a model
     directory given as a Path), behind the `generation` params, keeping its
     progress in shards so that a rerun of stage instance `name` after an interruption resumes
     (srlm.resume). The model itself is loaded only if some shard is left to compute."""
-    from .generation import make_generator
-    from .modeling import load_tokenizer
-    from .resume import ResumableGenerator, work_dir
+    from .generation import make_generator  # torch: paid only by the stages that generate
 
     gen, trust = params.generation, params.model.trust_remote_code
-    model_dir = model if isinstance(model, Path) else model_path(model)
+    model_dir = model if isinstance(model, Path) else artifacts.model_dir(model)
     tokenizer = load_tokenizer(model_dir, trust)
     progress = work_dir(name, {"generation": section_dict(gen), "model": str(model), "trust_remote_code": trust},
                         [model_dir])

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from . import cream, resume
+from . import cream, progress
 from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
 from .io import DataError, atomic_dir, file_sha256
 from .launch import is_main_process
@@ -35,13 +35,13 @@ SAVE_TOTAL_LIMIT = 2  # the newest checkpoint, and the one before in case the ne
 
 def checkpoint_dir(stage: str, tracked: dict, model_dir: str | Path, examples: list[dict],
                    dist: DistributedConfig) -> Path:
-    """A training stage's checkpoint folder (srlm.resume.work_dir), keyed by what its result depends on: the
+    """A training stage's checkpoint folder (srlm.progress.work_dir), keyed by what its result depends on: the
     stage's tracked params, the exact training examples, the start model's files, this module's and srlm.cream's
     code and the process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
     digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     key = tracked | {"examples": digest, "code": [file_sha256(__file__), file_sha256(cream.__file__)],
                      "processes": [dist.num_processes, dist.num_machines]}
-    return resume.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
+    return progress.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
 
 
 def _step(ckpt: Path) -> int:
@@ -170,7 +170,7 @@ class MlflowStepLogger(TrainerCallback):
 
 
 class HoldAfterSave(TrainerCallback):
-    """Tests only (srlm.resume.hold_point): holds the run right after its N-th checkpoint. on_save comes after
+    """Tests only (srlm.progress.hold_point): holds the run right after its N-th checkpoint. on_save comes after
     the Trainer wrote the whole checkpoint, trainer_state.json last, and rotated the old ones."""
 
     def __init__(self):
@@ -178,7 +178,7 @@ class HoldAfterSave(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.saves += 1
-        resume.hold_point(self.saves)
+        progress.hold_point(self.saves)
 
 
 def _peft_config(cfg: TrainConfig):
@@ -253,7 +253,7 @@ def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    resume.clear(trainer.args.output_dir)
+    progress.clear(trainer.args.output_dir)
 
 
 def _summary(trainer, result) -> dict:

@@ -4,9 +4,8 @@ the paper's "positive examples only" variant instead: the responses scored 5 are
 IFT + EFT data and M0 is fine-tuned on them with the sft params, as M1 was."""
 import random
 
-from srlm import seed, stage
+from srlm import artifacts, seed, stage
 from srlm.config import derive_seed
-from srlm.io import read_jsonl
 from srlm.launch import distribute, is_main_process
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
 from srlm.training import checkpoint_dir, dpo_examples, sft_examples, train_dpo, train_sft
@@ -14,14 +13,10 @@ from srlm.training import checkpoint_dir, dpo_examples, sft_examples, train_dpo,
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]
 
-IFT, EFT = "data/seed/ift_train.jsonl", "data/eft/train.jsonl"
-
-
 def run(params, key, it):
     distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
-    d = stage.iteration_dir(key)
-    dst = stage.model_path(it["next"])
-    rows = read_jsonl(d / "pairs.jsonl", {"id": str, "prompt": str, "kind": str})
+    dst = artifacts.model_dir(it["next"])
+    rows = artifacts.pairs(key).read()
     positive = rows[0]["kind"] == "positive"
     cfg = params.sft if positive else params.dpo
     tracked = stage.tracked(params, PARAMS)
@@ -29,21 +24,21 @@ def run(params, key, it):
         common = dict(seed=derive_seed(params.seed, "dpo", key), trust_remote_code=params.model.trust_remote_code)
         extra = {}
         if positive:
-            src, train = stage.model_path("m0"), train_sft
-            pairs, extra = seed.sft_pairs(IFT, EFT, cfg.max_ift_examples, cfg.max_eft_examples,
-                                            derive_seed(params.seed, "subset"))
+            src, train = artifacts.model_dir("m0"), train_sft
+            pairs, extra = seed.sft_pairs(artifacts.IFT_TRAIN, artifacts.EFT_TRAIN, cfg.max_ift_examples,
+                                          cfg.max_eft_examples, derive_seed(params.seed, "subset"))
             pairs += [(r["prompt"], r["response"]) for r in rows]
             random.Random(derive_seed(params.seed, "dpo", key)).shuffle(pairs)
             examples, extra["positives"] = sft_examples(pairs), len(rows)
         else:
-            src, train, examples = stage.model_path(it["model"]), train_dpo, dpo_examples(rows)
+            src, train, examples = artifacts.model_dir(it["model"]), train_dpo, dpo_examples(rows)
             common["consistency"] = params.cream.loss if params.method == "cream" else "none"
         work = checkpoint_dir(f"dpo@{key}", tracked, src, examples, params.distributed)
         metrics = train(src, dst, examples, cfg, work_dir=work, **common)
         if is_main_process():
-            write_metrics(d / "metrics" / "dpo.json", metrics | extra | {"mode": rows[0]["kind"]})
+            write_metrics(artifacts.iteration_metrics(key, "dpo"), metrics | extra | {"mode": rows[0]["kind"]})
             record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": "m0" if positive else it["model"],
-                                           "data": data_hashes(d / "pairs.jsonl")})
+                                           "data": data_hashes(artifacts.pairs(key))})
 
 
 if __name__ == "__main__":

@@ -1,25 +1,23 @@
 """judge@t: M_t scores each candidate with the paper's rubric, judge.samples judgments averaged."""
-from srlm import stage
+from srlm import artifacts, stage
 from srlm.config import derive_seed
-from srlm.generation import SamplingParams
-from srlm.io import read_jsonl, write_jsonl
-from srlm.judging import CANDIDATE, judge_candidates
+from srlm.judging import judge_candidates
+from srlm.sampling import SamplingParams
 from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "judge", "generation", "model.trust_remote_code"]
 
+
 def run(params, key, it):
     cfg = params.judge
-    d = stage.iteration_dir(key)
     with stage_run("judge", stage.tracked(params, PARAMS), iteration=key):
-        cands = read_jsonl(d / "candidates.jsonl", CANDIDATE)
+        cands = artifacts.candidates(key).read()
         generator = stage.generator(params, it["model"], f"judge@{key}")
-        sampling = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "judge", key))
+        sampling = SamplingParams.of(cfg, n=cfg.samples, seed=derive_seed(params.seed, "judge", key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring)
-        write_jsonl(d / "judgments.jsonl", rows)
-        write_metrics(d / "metrics" / "judge.json", metrics)
+        artifacts.judgments(key).write(rows)
+        write_metrics(artifacts.iteration_metrics(key, "judge"), metrics)
         generator.clear()
 
 

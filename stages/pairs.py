@@ -4,15 +4,15 @@ chosen), or the positive-only variant's responses scored 5. With method=cream ea
 between M_t's and M_{t-1}'s rankings of its prompt's candidates."""
 from statistics import mean
 
-from srlm import stage
-from srlm.io import DataError, read_jsonl, write_jsonl
-from srlm.judging import CANDIDATE
+from srlm import artifacts, stage
+from srlm.io import DataError
 from srlm.metrics import longer_wins_rate
 from srlm.pairing import attach_consistency, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["pairs", "method", "cream.consistency", "judge.scoring"]
+
 
 def _check_scores(rows, path):
     for i, r in enumerate(rows, 1):
@@ -23,10 +23,10 @@ def _check_scores(rows, path):
 
 def run(params, key, it):
     cfg = params.pairs
-    d = stage.iteration_dir(key)
+    source, source_prev, out = artifacts.judgments(key), artifacts.judgments_prev(key), artifacts.pairs(key)
     with stage_run("pairs", stage.tracked(params, PARAMS), iteration=key):
-        judged = read_jsonl(d / "judgments.jsonl", CANDIDATE)
-        _check_scores(judged, d / "judgments.jsonl")
+        judged = source.read()
+        _check_scores(judged, source.path)
         if cfg.mode == "preference":
             # tie_break: other_readout lets the readout not used for `score` decide ties (opt-in).
             other = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
@@ -38,7 +38,7 @@ def run(params, key, it):
         if not rows:
             raise DataError(f"pairs@{key}: no usable training data from {len(judged)} judged candidates "
                             f"({dict(counts)}; {scored_rate:.0%} of candidates got a valid score). "
-                            f"Check {d / 'judgments.jsonl'}: the judge may not be producing 'Score: N'.")
+                            f"Check {source.path}: the judge may not be producing 'Score: N'.")
         metrics = dict(counts) | {"mode": cfg.mode, "scored_rate": scored_rate, "method": params.method}
         if cfg.mode == "preference":
             metrics |= {"chosen_chars_mean": mean(len(r["chosen"]) for r in rows),
@@ -47,15 +47,15 @@ def run(params, key, it):
                             [(r["chosen_score"], r["rejected_score"], len(r["chosen"]), len(r["rejected"]))
                              for r in rows])}
             if params.method == "cream":
-                prev = read_jsonl(d / "judgments_prev.jsonl", CANDIDATE)
-                _check_scores(prev, d / "judgments_prev.jsonl")
+                prev = source_prev.read()
+                _check_scores(prev, source_prev.path)
                 rows, c_counts = attach_consistency(rows, judged, prev, params.cream.consistency)
                 cs = sorted(r["consistency"] for r in rows)
                 metrics |= dict(c_counts) | {"consistency_mean": mean(cs), "consistency_min": cs[0],
                                              "consistency_median": cs[len(cs) // 2], "consistency_max": cs[-1]}
-        write_jsonl(d / "pairs.jsonl", [r | {"kind": cfg.mode} for r in rows])
-        log_artifact(d / "pairs.jsonl")
-        write_metrics(d / "metrics" / "pairs.json", metrics)
+        out.write([r | {"kind": cfg.mode} for r in rows])
+        log_artifact(out.path)
+        write_metrics(artifacts.iteration_metrics(key, "pairs"), metrics)
 
 
 if __name__ == "__main__":

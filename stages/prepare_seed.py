@@ -1,18 +1,12 @@
 """prepare_seed: write the seed IFT, ranked and gold-judgment sets, split into train and eval so that
 no evaluation instruction is equal or nearly equal to a training one, and the list of instructions
 that generated prompts must stay away from (data/reserved/m1.jsonl: every evaluation instruction)."""
-from pathlib import Path
-
-from srlm import seed, stage
+from srlm import artifacts, seed, stage
 from srlm.config import ConfigError, derive_seed
-from srlm.io import write_jsonl
 from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "seed_data"]
-
-OUT = Path("data/seed")
-
 
 def run(params):
     cfg = params.seed_data
@@ -44,12 +38,12 @@ def run(params):
         counts = {}
         for name, (train, held_out) in parts.items():
             for split, recs in (("train", train), ("eval", held_out)):
-                write_jsonl(OUT / f"{name}_{split}.jsonl", recs)
+                artifacts.seed_set(name, split).write(recs)
                 counts[f"{name}_{split}"] = len(recs)
         reserved = [{"instruction": r["instruction"], "source": f"{name}_eval"}
                     for name, (_, held_out) in parts.items() for r in held_out]
-        write_jsonl(stage.reserved_path("m1"), reserved)
-        write_metrics("metrics/prepare_seed.json", counts)
+        artifacts.reserved("m1").write(reserved)
+        write_metrics(artifacts.metrics("prepare_seed"), counts)
 
 
 if __name__ == "__main__":

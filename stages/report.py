@@ -1,6 +1,6 @@
 """report: reports/report.md with the paper's Table 2 and Figure 3 for every model, what each
 iteration did, and the figures; CSV tables in reports/plots/ for `dvc plots`."""
-from srlm import stage
+from srlm import artifacts, stage
 from srlm.report import write_report
 from srlm.tracking import log_artifact, stage_run
 
@@ -11,7 +11,7 @@ PARAMS = ["method", "judge.scoring", "evaluation", "iterations", "model.base"]
 def run(params):
     with stage_run("report", stage.tracked(params, PARAMS)):
         write_report(params)
-        log_artifact("reports/report.md")
+        log_artifact(artifacts.REPORT)
 
 
 if __name__ == "__main__":

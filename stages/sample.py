@@ -1,10 +1,9 @@
 """sample@t: N candidate responses per prompt from M_t."""
 from statistics import mean
 
-from srlm import stage
+from srlm import artifacts, stage
 from srlm.config import derive_seed
-from srlm.generation import SamplingParams, sample_responses
-from srlm.io import read_jsonl, write_jsonl
+from srlm.sampling import SamplingParams, sample_responses
 from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
@@ -13,15 +12,13 @@ PARAMS = ["seed", "sample", "generation", "model.trust_remote_code"]
 
 def run(params, key, it):
     cfg = params.sample
-    d = stage.iteration_dir(key)
     with stage_run("sample", stage.tracked(params, PARAMS), iteration=key):
-        prompts = read_jsonl(d / "prompts.jsonl", {"id": str, "prompt": str})
+        prompts = artifacts.prompts(key).read()
         generator = stage.generator(params, it["model"], f"sample@{key}")
-        sampling = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  max_new_tokens=cfg.max_new_tokens, seed=derive_seed(params.seed, "sample", key))
+        sampling = SamplingParams.of(cfg, n=cfg.n, seed=derive_seed(params.seed, "sample", key))
         rows = sample_responses(generator, prompts, sampling)
-        write_jsonl(d / "candidates.jsonl", rows)
-        write_metrics(d / "metrics" / "sample.json", {
+        artifacts.candidates(key).write(rows)
+        write_metrics(artifacts.iteration_metrics(key, "sample"), {
             "prompts": len(prompts), "candidates": len(rows),
             "mean_response_chars": mean(len(r["response"]) for r in rows),
             "mean_response_tokens": mean(r["num_tokens"] for r in rows),

@@ -1,5 +1,5 @@
 """sft_baseline: M0 fine-tuned on seed IFT only (the paper's SFT baseline)."""
-from srlm import seed, stage
+from srlm import artifacts, seed, stage
 from srlm.config import derive_seed
 from srlm.launch import distribute, is_main_process
 from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
@@ -10,24 +10,21 @@ PARAMS = ["seed", "sft.epochs", "sft.learning_rate", "sft.final_learning_rate", 
           "sft.max_length", "sft.warmup_ratio", "sft.max_ift_examples", "sft.gradient_checkpointing",
           "sft.precision", "sft.save_steps", "sft.lora", "distributed", "model.trust_remote_code"]
 
-IFT = "data/seed/ift_train.jsonl"
-
-
 def run(params):
     distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
     cfg = params.sft
     tracked = stage.tracked(params, PARAMS)
     with stage_run("sft_baseline", tracked):
-        ift = seed.limit(seed.load_ift(IFT), cfg.max_ift_examples, derive_seed(params.seed, "subset"))
+        ift = seed.limit(seed.load_ift(artifacts.IFT_TRAIN), cfg.max_ift_examples, derive_seed(params.seed, "subset"))
         examples = sft_examples([(r["instruction"], r["response"]) for r in ift])
-        m0 = stage.model_path("m0")
-        metrics = train_sft(m0, stage.model_path("sft_baseline"), examples, cfg, derive_seed(params.seed, "sft"),
+        m0 = artifacts.model_dir("m0")
+        metrics = train_sft(m0, artifacts.model_dir("sft_baseline"), examples, cfg, derive_seed(params.seed, "sft"),
                             work_dir=checkpoint_dir("sft_baseline", tracked, m0, examples, params.distributed),
                             trust_remote_code=params.model.trust_remote_code)
         if is_main_process():
-            write_metrics("metrics/sft_baseline.json", metrics)
-            record_model("sft_baseline", stage.model_path("sft_baseline"),
-                         {"iteration": "baseline", "parent": "m0", "data": data_hashes(IFT)})
+            write_metrics(artifacts.metrics("sft_baseline"), metrics)
+            record_model("sft_baseline", artifacts.model_dir("sft_baseline"),
+                         {"iteration": "baseline", "parent": "m0", "data": data_hashes(artifacts.IFT_TRAIN)})
 
 
 if __name__ == "__main__":

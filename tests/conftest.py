@@ -23,9 +23,10 @@ def tiny(tiny_model_dir):
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory, tiny_model_dir):
     """A copy of the project on the tiny model after one `dvc repro` from clean: (dir, stdout, dvc.lock
-    as the first run wrote it; later tests run experiments in the same directory)."""
+    as the first run wrote it; later tests run experiments in the same directory). Every stage's files
+    are recorded in <dir>/../files.jsonl (srlm.stage._audit_files)."""
     from e2e_project import dvc, make_project
 
     d = make_project(tmp_path_factory.mktemp("proj"), tiny_model_dir)
-    first = dvc(["repro"], d)
+    first = dvc(["repro"], d, SRLM_AUDIT_FILES=str(d.parent / "files.jsonl"))
     return d, first.stdout, (d / "dvc.lock").read_text()

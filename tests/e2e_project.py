@@ -77,7 +77,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
 
 def start_and_kill(cmd: list[str], cwd: Path, sig: int | None, hold_after: int, while_held=None, timeout: float = 300,
                    **extra_env: str) -> subprocess.CompletedProcess:
-    """Start `cmd` in its own process group, held (srlm.resume.hold_point) right after its `hold_after`-th
+    """Start `cmd` in its own process group, held (srlm.progress.hold_point) right after its `hold_after`-th
     progress shard or checkpoint; call `while_held()`, send `sig` to the group (None: release the hold
     instead), and wait for every process of it to end (the pipes close). States, not timing: the signal
     always lands mid-run. Returns the exit status, the whole stdout and stderr and the pid; on any failure

@@ -4,11 +4,12 @@ import difflib
 import json
 from pathlib import Path
 
+from srlm import artifacts
 from srlm.prompts import NEAR_DUPLICATE, normalize
 
-TRAINING = ["data/seed/ift_train.jsonl", "data/seed/ranked_train.jsonl", "data/seed/gold_train.jsonl",
-            "data/eft/train.jsonl", "data/it*/prompts.jsonl"]
-EVALUATION = ["data/seed/ift_eval.jsonl", "data/seed/ranked_eval.jsonl", "data/seed/gold_eval.jsonl"]
+TRAINING = [str(a) for a in (artifacts.IFT_TRAIN, artifacts.RANKED_TRAIN, artifacts.GOLD_TRAIN, artifacts.EFT_TRAIN,
+                             artifacts.prompts("*"))]  # data/it*/prompts.jsonl: every iteration's
+EVALUATION = [str(artifacts.seed_set(name, "eval")) for name in ("ift", "ranked", "gold")]
 
 
 def instructions(project: Path, patterns: list[str]) -> set[str]:

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt
+from srlm.generation import TransformersGenerator
 from srlm.resume import ResumableGenerator
+from srlm.sampling import SamplingParams, chat_prompt
 
 SHOW = "import torch; print(torch.get_num_threads())"
 

@@ -1,7 +1,8 @@
 import torch
 
-from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, sample_responses
+from srlm.generation import TransformersGenerator
 from srlm.prompts import judge_prompt
+from srlm.sampling import SamplingParams, chat_prompt, sample_responses
 
 
 def _prompts(tok):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from srlm.evaluation import head_to_head
-from srlm.generation import Completion, Generator, SamplingParams
+from srlm.sampling import Completion, Generator, SamplingParams
 
 
 class ChatTokenizer:

@@ -120,9 +120,9 @@ def test_the_expected_readout_records_the_digit_mass_and_counts_noise(tiny_model
     judge's metrics count the judgments where it was below LOW_DIGIT_MASS."""
     import torch
 
-    from srlm.generation import Completion, SamplingParams
     from srlm.judging import judge_candidates
     from srlm.modeling import load_tokenizer
+    from srlm.sampling import Completion, SamplingParams
     from srlm.scores import LOW_DIGIT_MASS
 
     class Stub:

@@ -4,9 +4,10 @@ probabilities of `pairwise_verdicts`, each checked against a plain forward pass 
 import pytest
 import torch
 
-from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt
+from srlm.generation import TransformersGenerator
 from srlm.judging import judge_responses, pairwise_verdicts
 from srlm.prompts import judge_prompt, pairwise_prompt
+from srlm.sampling import SamplingParams, chat_prompt
 from srlm.scores import _before_score, expected_score, label_tokens, parse_score, parse_verdict, score_tokens
 
 ITEMS = [("Name a colour.", "Blue."), ("Count to three.", "1 2 3"), ("Say hi.", "Hello there, friend.")]

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 from srlm.config import ConfigError
-from srlm.generation import SamplingParams, TransformersGenerator, encode_prompts
+from srlm.generation import TransformersGenerator, encode_prompts
 from srlm.io import DataError
 from srlm.modeling import ModelError, context_length
+from srlm.sampling import SamplingParams
 from srlm.training import dpo_examples, fit_to_max_length, sft_examples
 
 

@@ -40,7 +40,7 @@ def test_the_builtin_default_model_is_the_gguf_of_its_pip_package_dequantized(tm
     installs), written as a plain fp32 checkpoint that answers, and whose tokenizer the judge readouts fit."""
     import torch
 
-    from srlm.generation import chat_prompt
+    from srlm.sampling import chat_prompt
     from srlm.scores import label_tokens, score_tokens
 
     info = prepare_base_model("smollm2-135m-instruct", tmp_path / "m0")

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from e2e_project import dvc, run
-from srlm.io import file_sha256
+from srlm import artifacts
+from srlm.io import file_sha256, read_jsonl
 from srlm.modeling import load_tokenizer
 
 pytestmark = pytest.mark.e2e
@@ -62,16 +63,16 @@ def project(repro_project):
 def test_repro_runs_every_stage_and_produces_m3(project):
     d, out = project
     assert ran(out) == set(ALL_STAGES)
-    assert (d / "models/m3/model.safetensors").is_file()
-    assert load_tokenizer(d / "models/m3").chat_template  # refuses a checkpoint without one
+    assert (d / artifacts.model_dir("m3") / "model.safetensors").is_file()
+    assert load_tokenizer(d / artifacts.model_dir("m3")).chat_template  # refuses a checkpoint without one
     left = sorted(str(p.relative_to(d)) for p in (d / ".srlm/progress").rglob("*"))
     assert not left, f"progress a stage did not remove: {left}"  # every generating and training stage clears its own
     for t in (1, 2):
-        pairs = [json.loads(line) for line in (d / f"data/it{t}/pairs.jsonl").read_text().splitlines()]
+        pairs = read_jsonl(d / artifacts.pairs(t).path)
         assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
-        judge = json.loads((d / f"data/it{t}/metrics/judge.json").read_text())
+        judge = json.loads((d / artifacts.iteration_metrics(t, "judge")).read_text())
         assert 0 < judge["parse_rate"] <= 1
-        prompts = (d / f"data/it{t}/prompts.jsonl").read_text().splitlines()
+        prompts = read_jsonl(d / artifacts.prompts(t).path)
         assert len(prompts) == 3
     shown = dvc(["metrics", "show", "--json"], d).stdout
     assert "parse_rate" in shown and "train_loss" in shown and "expected_pairwise_accuracy" in shown
@@ -83,14 +84,14 @@ def test_report_is_built_from_the_stage_outputs(project):
     report = (d / "reports/report.md").read_text()
     readout = yaml.safe_load((d / "params.yaml").read_text())["judge"]["scoring"]
     for m in MODELS:
-        judge = json.loads((d / f"data/eval/{m}/metrics/judge.json").read_text())
+        judge = json.loads((d / artifacts.eval_metrics(m, "judge")).read_text())
         assert judge["sampled_pairs"] == judge["expected_pairs"] > 0
         row = table(report, "model | pairwise acc %", m)   # the Table-2 row shows the stage's numbers
         assert float(row["pairwise acc %"]) == pytest.approx(100 * judge[f"{readout}_pairwise_accuracy"], abs=0.05)
         assert float(row["parse rate %"]) == pytest.approx(100 * judge["parse_rate"], abs=0.05)
-        alpaca = json.loads((d / f"data/eval/{m}/alpaca_eval.json").read_text())
+        alpaca = json.loads((d / artifacts.alpaca_eval(m)).read_text())
         assert len(alpaca) == 3 and set(alpaca[0]) == {"instruction", "output", "generator"}
-    h2h = json.loads((d / "data/eval/head_to_head/m3_vs_sft_baseline/metrics.json").read_text())
+    h2h = json.loads((d / artifacts.matchup_metrics("m3_vs_sft_baseline")).read_text())
     assert h2h["win"] + h2h["tie"] + h2h["loss"] == h2h["n"] == 3
     row = table(report, "a vs b |", "m3 vs sft_baseline")
     for col, key in (("win %", "win_rate"), ("tie %", "tie_rate"), ("loss %", "loss_rate"),
@@ -113,6 +114,44 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in dvc(["status"], d).stdout
 
 
+# What a stage may touch beyond its deps and outs: its params (tracked by dvc as params), the code (deps
+# checked by tests/test_dvc_graph.py), its own progress folder, MLflow's store and git's and dvc's files.
+NOT_ARTIFACTS = (".srlm/", "mlflow.db", "mlruns/", "mlartifacts/", ".git/", ".dvc/", "srlm/", "stages/",
+                 "params.yaml", "dvc.yaml", "dvc.lock", ".dvcignore")
+
+
+def undeclared_files(d, log) -> dict:
+    """Per stage of the audit log (srlm.stage._audit_files), the files it read that are not among its deps
+    (or outs) in dvc.lock, and those it wrote that are not among its outs."""
+    lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
+
+    def covered(path, declared):
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in declared)
+
+    out = {}
+    for r in map(json.loads, log.read_text().splitlines()):
+        st = lock[r["stage"]]
+        deps, outs = [x["path"] for x in st.get("deps", [])], [x["path"] for x in st.get("outs", [])]
+        reads = [p for p in r["read"] if not p.startswith(NOT_ARTIFACTS) and not covered(p, deps + outs)]
+        writes = [p for p in r["write"] if not p.startswith(NOT_ARTIFACTS) and ".tmp-" not in p
+                  and not covered(p, outs)]
+        if reads or writes:
+            out[r["stage"]] = {"read": reads, "write": writes}
+    return out
+
+
+def test_every_stage_reads_only_its_deps_and_writes_only_its_outs(project):
+    """The cache key is complete: a file a stage opens but dvc.yaml does not declare would let a cached
+    result come from old data. Files are seen by an audit hook in each stage's process."""
+    d, _ = project
+    log = d.parent / "files.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["stage"] for r in records} == set(ALL_STAGES)
+    assert not undeclared_files(d, log), "files a stage touches that dvc.yaml does not declare for it"
+    # the hook does see the artifacts
+    judge = next(r for r in records if r["stage"] == "judge@1")
+    assert "data/it1/candidates.jsonl" in judge["read"] and "data/it1/judgments.jsonl" in judge["write"]
+    assert any(p.startswith("models/m1/") for p in judge["read"])
 
 
 def commit(d):
@@ -155,19 +194,22 @@ def test_cream_reuses_the_generation_stages(project):
     d, _ = project
     # The workspace holds the judge.samples=2 experiment; CREAM on top of it must not resample or rejudge
     # iteration 1, only add the previous model's judgments and retrain.
-    exp = dvc(["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"], d, SRLM_TRACKING="off")
+    log = d.parent / "files-cream.jsonl"
+    exp = dvc(["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"], d, SRLM_TRACKING="off",
+              SRLM_AUDIT_FILES=str(log))
     # judge_prev and pairs rerun; what follows reruns only where an output changed (C = 1 on every pair of
     # an iteration is plain DPO, the same M2); never sampling or judging of iteration 1
     certain = {"judge_prev@1", "judge_prev@2", "pairs@1", "dpo@1", "report"}
     downstream = certain | {"pairs@2", "dpo@2", "sample@2", "judge@2", "eval_judge@m3", "answer@m3",
                             "head_to_head@m3_vs_sft_baseline"}
     assert certain <= ran(exp.stdout) <= downstream, exp.stdout
+    assert not undeclared_files(d, log)  # judge_prev reads the previous model, which is its dep
     for t, prev in ((1, "m0"), (2, "m1")):  # iteration 1 compares with m0, as in CREAM's code
-        pairs = [json.loads(line) for line in (d / f"data/it{t}/pairs.jsonl").read_text().splitlines()]
+        pairs = read_jsonl(d / artifacts.pairs(t).path)
         assert pairs and all(0 <= p["consistency"] <= 1 for p in pairs)
-        judged_prev = json.loads((d / f"data/it{t}/metrics/judge_prev.json").read_text())
+        judged_prev = json.loads((d / artifacts.iteration_metrics(t, "judge_prev")).read_text())
         assert judged_prev["model"] == prev and judged_prev["candidates"] == 12
-        dpo = json.loads((d / f"data/it{t}/metrics/dpo.json").read_text())
+        dpo = json.loads((d / artifacts.iteration_metrics(t, "dpo")).read_text())
         assert dpo["consistency_mean"] == pytest.approx(sum(p["consistency"] for p in pairs) / len(pairs))
     report = (d / "reports/report.md").read_text()
     assert "(CREAM)" in report and "consistency C" in report

@@ -7,8 +7,9 @@ import re
 import pytest
 import torch
 
-from srlm.generation import Completion, SamplingParams
-from srlm.resume import ResumableGenerator, fingerprint, work_dir
+from srlm.progress import fingerprint, work_dir
+from srlm.resume import ResumableGenerator
+from srlm.sampling import Completion, SamplingParams
 
 
 class Stub:
@@ -148,8 +149,8 @@ def real(tiny):
 
 
 def test_next_token_probs_resume_on_the_real_model(tmp_path, real):
-    from srlm.generation import chat_prompt
     from srlm.prompts import judge_prompt
+    from srlm.sampling import chat_prompt
     from srlm.scores import score_tokens
 
     tok = real.tokenizer

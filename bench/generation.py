@@ -5,6 +5,7 @@ one-prompt-at-a-time `model.generate` loop, on the same prompts, in the same run
 
 Uses models/m0 when it exists, else prepares the embedded default into a temp directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,18 @@ def one_at_a_time(model, tok, prompts, sp: SamplingParams) -> int:
         torch.manual_seed(sp.seed + i)
         enc = tok(p, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            out = model.generate(**enc, do_sample=True, temperature=sp.temperature, top_p=sp.top_p, top_k=None,
-                                 max_new_tokens=sp.max_new_tokens, num_return_sequences=sp.n,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        gen = out[:, enc.input_ids.shape[1]:]
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=sp.temperature,
+                top_p=sp.top_p,
+                top_k=None,
+                max_new_tokens=sp.max_new_tokens,
+                num_return_sequences=sp.n,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        gen = out[:, enc.input_ids.shape[1] :]
         for row in gen.tolist():
             new += next((j for j, t in enumerate(row) if t == tok.eos_token_id), len(row))
     return new
@@ -57,11 +66,18 @@ def main():
     ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")
     cases = {
         "sample (N=4)": ([chat_prompt(tok, r["instruction"]) for r in ift], SamplingParams(n=4)),
-        "judge (k=3)": ([chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"]))
-                         for s in ranked[: args.prompts]], SamplingParams(n=3)),
+        "judge (k=3)": (
+            [
+                chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"]))
+                for s in ranked[: args.prompts]
+            ],
+            SamplingParams(n=3),
+        ),
     }
-    print(f"model {model_dir}, {torch.get_num_threads()} threads, {args.prompts} prompts, "
-          f"max {args.max_new_tokens} new tokens, T=0.7 top_p=0.9")
+    print(
+        f"model {model_dir}, {torch.get_num_threads()} threads, {args.prompts} prompts, "
+        f"max {args.max_new_tokens} new tokens, T=0.7 top_p=0.9"
+    )
     print(f"{'stage':<14}{'loop tok/s':>12}{'batched tok/s':>15}{'speed-up':>10}")
     for name, (prompts, sp) in cases.items():
         sp = SamplingParams(n=sp.n, temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, seed=0)

@@ -1,7 +1,8 @@
 """Wall time per stage of the latest run of each stage, read back from MLflow.
 
-    python bench/stage_times.py [--tracking-uri sqlite:///mlflow.db]
+python bench/stage_times.py [--tracking-uri sqlite:///mlflow.db]
 """
+
 import argparse
 import os
 

@@ -15,6 +15,7 @@ Layout:
     metrics/<stage>.json                 the stages that run once
     reports/report.md, reports/plots/    the report
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ RESPONSE = {"id": str, "instruction": str, "output": str}
 @dataclass(frozen=True)
 class Artifact:
     """A JSONL file exchanged between stages."""
+
     path: Path
     schema: dict
 

@@ -3,6 +3,7 @@
 Every stage loads the whole file through `load_params`, so a typo or a bad value is
 reported before any work starts, with the key and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ def probability(default):
 # The defaults below are params.yaml's (tests/test_config.py checks that the two agree): a partial
 # params file, as the tests write, means the shipped defaults for everything it leaves out.
 
+
 @dataclass
 class LoraConfig:
     enabled: bool = True
@@ -55,11 +57,11 @@ class ModelConfig:
 @dataclass
 class SeedDataConfig:
     source: Literal["builtin", "oasst1", "jsonl"] = "builtin"
-    ift_path: str = ""      # source=jsonl: instruction/response records
-    ranked_path: str = ""   # source=jsonl: instruction + ranked responses
-    gold_path: str = ""     # gold judgments (optional for oasst1/jsonl)
+    ift_path: str = ""  # source=jsonl: instruction/response records
+    ranked_path: str = ""  # source=jsonl: instruction + ranked responses
+    gold_path: str = ""  # gold judgments (optional for oasst1/jsonl)
     oasst_dataset: str = "OpenAssistant/oasst1"
-    max_ift: int = non_negative(0)        # 0 = all (oasst1: required, the prompts drawn for IFT)
+    max_ift: int = non_negative(0)  # 0 = all (oasst1: required, the prompts drawn for IFT)
     max_ranked: int = non_negative(0)
     eval_fraction: float = probability(0.2)
 
@@ -71,13 +73,14 @@ class GenerationConfig:
     batch_size: int = positive(64)  # transformers only: decode rows per batch; vLLM schedules its own
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     shard_size: int = positive(32)  # prompts per progress shard: an interrupted stage resumes after its last
-    tensor_parallel_size: int = positive(1)         # vllm: GPUs that one model is split over
+    tensor_parallel_size: int = positive(1)  # vllm: GPUs that one model is split over
     gpu_memory_utilization: float = positive(0.85)  # vllm: share of GPU memory for weights + KV cache
 
     def __post_init__(self):
         if not self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"params.yaml: generation.gpu_memory_utilization = {self.gpu_memory_utilization} "
-                              f"must be in (0, 1]")
+            raise ConfigError(
+                f"params.yaml: generation.gpu_memory_utilization = {self.gpu_memory_utilization} must be in (0, 1]"
+            )
 
 
 @dataclass
@@ -102,15 +105,15 @@ class TrainConfig:
 
 @dataclass
 class SftConfig(TrainConfig):
-    max_ift_examples: int = non_negative(24)   # 0 = all
+    max_ift_examples: int = non_negative(24)  # 0 = all
     max_eft_examples: int = non_negative(12)
 
 
 @dataclass
 class EftConfig:
     include_gold: bool = True
-    max_sets: int = non_negative(4)    # ranked train sets judged by the SFT baseline (0 = all)
-    attempts: int = non_negative(1)    # sampled judgments per response; a set is kept on the first agreeing one
+    max_sets: int = non_negative(4)  # ranked train sets judged by the SFT baseline (0 = all)
+    attempts: int = non_negative(1)  # sampled judgments per response; a set is kept on the first agreeing one
     temperature: float = non_negative(0.7)
     top_p: float = probability(0.9)
     max_new_tokens: int = positive(96)
@@ -118,10 +121,10 @@ class EftConfig:
 
 @dataclass
 class GenPromptsConfig:
-    model: str = "m0"         # fixed prompt generator, as in the paper (a directory under models/)
-    num_prompts: int = positive(8)     # new prompts wanted per iteration
+    model: str = "m0"  # fixed prompt generator, as in the paper (a directory under models/)
+    num_prompts: int = positive(8)  # new prompts wanted per iteration
     shots: int = positive(8)
-    max_attempts: int = positive(8)    # few-shot generations per wanted prompt before giving up
+    max_attempts: int = positive(8)  # few-shot generations per wanted prompt before giving up
     temperature: float = non_negative(0.9)
     top_p: float = probability(0.95)
     max_new_tokens: int = positive(96)
@@ -151,7 +154,7 @@ class JudgeConfig:
 @dataclass
 class PairsConfig:
     mode: Literal["preference", "positive"] = "preference"
-    min_valid: int = positive(2)          # candidates with a valid score needed to form a pair
+    min_valid: int = positive(2)  # candidates with a valid score needed to form a pair
     # none: a prompt whose candidates all have the same score is dropped (the paper).
     # other_readout: the readout not used for `score` (sampled <-> expected) breaks such ties.
     tie_break: Literal["none", "other_readout"] = "none"
@@ -180,18 +183,21 @@ class DpoConfig(TrainConfig):
 
 def _default_matchups() -> dict:
     """The paper's Figure 3: M_t vs the SFT baseline, M_t vs M_{t-1}."""
-    return {"m1_vs_sft_baseline": {"a": "m1", "b": "sft_baseline"},
-            "m2_vs_sft_baseline": {"a": "m2", "b": "sft_baseline"},
-            "m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"},
-            "m2_vs_m1": {"a": "m2", "b": "m1"}, "m3_vs_m2": {"a": "m3", "b": "m2"}}
+    return {
+        "m1_vs_sft_baseline": {"a": "m1", "b": "sft_baseline"},
+        "m2_vs_sft_baseline": {"a": "m2", "b": "sft_baseline"},
+        "m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"},
+        "m2_vs_m1": {"a": "m2", "b": "m1"},
+        "m3_vs_m2": {"a": "m3", "b": "m2"},
+    }
 
 
 @dataclass
 class EvaluationConfig:
     models: list = field(default_factory=lambda: ["m0", "sft_baseline", "m1", "m2", "m3"])
-    ranked_sets: int = non_negative(8)   # held-out ranked sets judged per model (0 = all)
-    prompts: int = non_negative(16)      # held-out IFT prompts answered per model (0 = all)
-    temperature: float = non_negative(0.0)   # 0 = greedy; otherwise sampled with `seed`
+    ranked_sets: int = non_negative(8)  # held-out ranked sets judged per model (0 = all)
+    prompts: int = non_negative(16)  # held-out IFT prompts answered per model (0 = all)
+    temperature: float = non_negative(0.0)  # 0 = greedy; otherwise sampled with `seed`
     top_p: float = probability(0.9)
     max_new_tokens: int = positive(80)
     # The head-to-head judge: any model directory (a pipeline model's models/<name>, or an outside
@@ -212,7 +218,7 @@ class DistributedConfig:
     num_processes: int = positive(1)
     config_file: str = "configs/accelerate/fsdp.yaml"  # FSDP2; or configs/accelerate/deepspeed_zero3.yaml
     num_machines: int = positive(1)
-    main_process_ip: str = ""      # num_machines > 1: machine 0's address, reachable from the others
+    main_process_ip: str = ""  # num_machines > 1: machine 0's address, reachable from the others
     main_process_port: int = positive(29500)
 
 
@@ -266,8 +272,9 @@ def _coerce(typ, value, path, bound: str | None = None):
         return _build(typ, value, path)
     if get_origin(typ) is Literal:
         if value not in get_args(typ):
-            raise ConfigError(f"params.yaml: {path} = {value!r} is not allowed; "
-                              f"choose one of {', '.join(map(repr, get_args(typ)))}")
+            raise ConfigError(
+                f"params.yaml: {path} = {value!r} is not allowed; choose one of {', '.join(map(repr, get_args(typ)))}"
+            )
         return value
     if typ is bool:
         if not isinstance(value, bool):
@@ -281,8 +288,9 @@ def _coerce(typ, value, path, bound: str | None = None):
         if typ is int and ok and float(value) != int(value):
             ok = False
         if not ok:
-            raise ConfigError(f"params.yaml: {path} should be a{'n integer' if typ is int else ' number'}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"params.yaml: {path} should be a{'n integer' if typ is int else ' number'}, got {value!r}"
+            )
         value = typ(value)
         if bound == "positive" and value <= 0:
             raise ConfigError(f"params.yaml: {path} = {value} must be > 0")
@@ -315,8 +323,10 @@ def parse_params(data: dict) -> Params:
     for section in ("sft", "dpo"):
         cfg = getattr(params, section)
         if cfg.final_learning_rate > cfg.learning_rate:
-            raise ConfigError(f"params.yaml: {section}.final_learning_rate = {cfg.final_learning_rate} is above "
-                              f"{section}.learning_rate = {cfg.learning_rate}; the schedule only decays")
+            raise ConfigError(
+                f"params.yaml: {section}.final_learning_rate = {cfg.final_learning_rate} is above "
+                f"{section}.learning_rate = {cfg.learning_rate}; the schedule only decays"
+            )
     return params
 
 
@@ -330,23 +340,31 @@ def _check_paths(params: Params) -> None:
     _inside(params.model.base, "model.base")
     known = model_names(params.iterations)
     if params.gen_prompts.model not in known:
-        raise ConfigError(f"params.yaml: gen_prompts.model = {params.gen_prompts.model!r} is not a model of this "
-                          f"pipeline; models: {', '.join(known)}")
+        raise ConfigError(
+            f"params.yaml: gen_prompts.model = {params.gen_prompts.model!r} is not a model of this "
+            f"pipeline; models: {', '.join(known)}"
+        )
 
 
 def _check_distributed(d: DistributedConfig) -> None:
     if d.num_processes % d.num_machines:
-        raise ConfigError(f"params.yaml: distributed.num_processes = {d.num_processes} must be a multiple of "
-                          f"distributed.num_machines = {d.num_machines} (the same number of processes on each)")
+        raise ConfigError(
+            f"params.yaml: distributed.num_processes = {d.num_processes} must be a multiple of "
+            f"distributed.num_machines = {d.num_machines} (the same number of processes on each)"
+        )
     if d.num_machines > 1 and not d.main_process_ip:
-        raise ConfigError("params.yaml: distributed.main_process_ip is needed when num_machines > 1: "
-                          "the address of machine 0, where `dvc repro` runs")
+        raise ConfigError(
+            "params.yaml: distributed.main_process_ip is needed when num_machines > 1: "
+            "the address of machine 0, where `dvc repro` runs"
+        )
     if not d.main_process_port < 65536:
         raise ConfigError(f"params.yaml: distributed.main_process_port = {d.main_process_port} is not a port")
     _inside(d.config_file, "distributed.config_file")
     if d.num_processes > 1 and not Path(d.config_file).is_file():
-        raise ConfigError(f"params.yaml: distributed.config_file = {d.config_file!r}: no such file "
-                          f"(shipped: configs/accelerate/fsdp.yaml, configs/accelerate/deepspeed_zero3.yaml)")
+        raise ConfigError(
+            f"params.yaml: distributed.config_file = {d.config_file!r}: no such file "
+            f"(shipped: configs/accelerate/fsdp.yaml, configs/accelerate/deepspeed_zero3.yaml)"
+        )
 
 
 def _inside(value: str, where: str) -> None:
@@ -355,8 +373,10 @@ def _inside(value: str, where: str) -> None:
     if ".." in Path(value).parts:
         resolved = (Path.cwd() / value).resolve()
         if not resolved.is_relative_to(Path.cwd().resolve()):
-            raise ConfigError(f"params.yaml: {where} = {value!r} points outside the project directory; "
-                              f"use an absolute path if that is what you mean")
+            raise ConfigError(
+                f"params.yaml: {where} = {value!r} points outside the project directory; "
+                f"use an absolute path if that is what you mean"
+            )
 
 
 def _check_iterations(its: dict) -> None:
@@ -370,12 +390,14 @@ def _check_iterations(its: dict) -> None:
         if not isinstance(it, dict) or set(it) != {"prev", "model", "next"}:
             raise ConfigError(f"params.yaml: iterations.{key} must have exactly the keys prev, model and next")
         if it["model"] != expected_model or it["next"] != f"m{i + 1}":
-            raise ConfigError(f"params.yaml: iterations.{key} should have model: {expected_model}, next: m{i + 1}; "
-                              f"got {it}")
+            raise ConfigError(
+                f"params.yaml: iterations.{key} should have model: {expected_model}, next: m{i + 1}; got {it}"
+            )
         allowed_prev = {"m0", "sft_baseline"} if expected_prev is None else {expected_prev}
         if it["prev"] not in allowed_prev:
-            raise ConfigError(f"params.yaml: iterations.{key}.prev = {it['prev']!r}; "
-                              f"use {' or '.join(sorted(allowed_prev))}")
+            raise ConfigError(
+                f"params.yaml: iterations.{key}.prev = {it['prev']!r}; use {' or '.join(sorted(allowed_prev))}"
+            )
         expected_prev, expected_model = it["model"], it["next"]
 
 
@@ -427,25 +449,34 @@ def _check_evaluation(ev: EvaluationConfig, iterations: dict) -> None:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"params.yaml: {where} = {name!r} is not a model of this pipeline; {hint}"
-                              f"models: {', '.join(known)}")
+            raise ConfigError(
+                f"params.yaml: {where} = {name!r} is not a model of this pipeline; {hint}models: {', '.join(known)}"
+            )
 
     for m in ev.models:
         check(m, "evaluation.models")
     if not ev.judge:
         raise ConfigError("params.yaml: evaluation.judge is empty; give a model directory, e.g. models/m0")
     _inside(ev.judge, "evaluation.judge")
-    if Path(ev.judge).parts[:1] == ("models",) and len(Path(ev.judge).parts) == 2 \
-            and judge_model(ev.judge, iterations) is None and not Path(ev.judge).is_dir():
-        raise ConfigError(f"params.yaml: evaluation.judge = {ev.judge!r} is neither a model of this pipeline "
-                          f"(models/{', models/'.join(known)}) nor an existing directory")
+    if (
+        Path(ev.judge).parts[:1] == ("models",)
+        and len(Path(ev.judge).parts) == 2
+        and judge_model(ev.judge, iterations) is None
+        and not Path(ev.judge).is_dir()
+    ):
+        raise ConfigError(
+            f"params.yaml: evaluation.judge = {ev.judge!r} is neither a model of this pipeline "
+            f"(models/{', models/'.join(known)}) nor an existing directory"
+        )
     for name, mu in ev.matchups.items():
         if not isinstance(mu, dict) or set(mu) != {"a", "b"}:
             raise ConfigError(f"params.yaml: evaluation.matchups.{name} must have exactly the keys a and b")
         for side in ("a", "b"):
             if mu[side] not in ev.models:
-                raise ConfigError(f"params.yaml: evaluation.matchups.{name}.{side} = {mu[side]!r} is not in "
-                                  f"evaluation.models ({', '.join(ev.models)}), so it has no responses to compare")
+                raise ConfigError(
+                    f"params.yaml: evaluation.matchups.{name}.{side} = {mu[side]!r} is not in "
+                    f"evaluation.models ({', '.join(ev.models)}), so it has no responses to compare"
+                )
 
 
 def derive_seed(seed: int, *keys) -> int:

@@ -1,6 +1,7 @@
 """CREAM (Wang et al. 2024): consistency-regularized DPO. Each pair's consistency C between M_t's and M_{t-1}'s
 rankings of its prompt's candidates weights the loss towards the chosen answer (C) and the rejected one (1 - C);
 one trainer for the method, as TRL keeps one per algorithm."""
+
 from __future__ import annotations
 
 import torch
@@ -39,10 +40,18 @@ class CreamDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         a = self.args
         # The hooks rebuild the plain DPO margin: anything that changes it or adds to the loss is refused.
-        if (a.loss_type != ["sigmoid"] or a.f_divergence_type != "reverse_kl" or a.ld_alpha is not None
-                or a.use_weighting or a.precompute_ref_log_probs or self.aux_loss_enabled):
-            raise ValueError("CreamDPOTrainer supports loss_type=['sigmoid'] only, without f-divergences, ld_alpha, "
-                             "use_weighting, precompute_ref_log_probs or MoE auxiliary losses")
+        if (
+            a.loss_type != ["sigmoid"]
+            or a.f_divergence_type != "reverse_kl"
+            or a.ld_alpha is not None
+            or a.use_weighting
+            or a.precompute_ref_log_probs
+            or self.aux_loss_enabled
+        ):
+            raise ValueError(
+                "CreamDPOTrainer supports loss_type=['sigmoid'] only, without f-divergences, ld_alpha, "
+                "use_weighting, precompute_ref_log_probs or MoE auxiliary losses"
+            )
         self.data_collator = _WithConsistency(self.data_collator)
 
     def _set_signature_columns_if_needed(self):
@@ -64,7 +73,8 @@ class CreamDPOTrainer(DPOTrainer):
                 h.remove()
         seq_len = inputs["completion_mask"].size(1) - 1  # as in TRL: drops prompt-tuning virtual tokens
         (chosen, rejected), (ref_chosen, ref_rejected) = (
-            out.log_probs[:, -seq_len:].sum(dim=1).chunk(2) for out in outputs[:2])  # batch is [chosen; rejected]
+            out.log_probs[:, -seq_len:].sum(dim=1).chunk(2) for out in outputs[:2]
+        )  # batch is [chosen; rejected]
         consistency = consistency.to(chosen.dtype)
         loss = cream_loss((chosen - ref_chosen) - (rejected - ref_rejected), consistency, self.beta).mean()
         mode = "train" if self.model.training else "eval"

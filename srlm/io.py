@@ -3,6 +3,7 @@
 Every stage output goes through here: written to a temporary sibling, then renamed,
 so an interrupted stage never leaves a half-written file where DVC expects an output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,7 +84,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = tmp.name[len(f".{path.name}.tmp-"):].split("-")[0]
+        pid = tmp.name[len(f".{path.name}.tmp-") :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             if tmp.name.endswith("-old") and not path.exists():
                 os.replace(tmp, path)  # killed between the two renames of atomic_dir: put the old one back
@@ -103,8 +104,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_jsonl(path: str | os.PathLike, schema: dict[str, type | tuple] | None = None,
-               allow_empty: bool = False) -> list[dict]:
+def read_jsonl(
+    path: str | os.PathLike, schema: dict[str, type | tuple] | None = None, allow_empty: bool = False
+) -> list[dict]:
     """Read a JSONL file; check that each record has the `schema` fields with the right types.
 
     Errors name the file and the 1-based line number.
@@ -131,8 +133,9 @@ def read_jsonl(path: str | os.PathLike, schema: dict[str, type | tuple] | None =
             if field not in rec:
                 raise DataError(f"{path}:{lineno}: missing field {field!r}")
             if not isinstance(rec[field], typ) or isinstance(rec[field], bool) and typ is int:
-                raise DataError(f"{path}:{lineno}: field {field!r} should be {_tname(typ)}, "
-                                f"got {type(rec[field]).__name__}")
+                raise DataError(
+                    f"{path}:{lineno}: field {field!r} should be {_tname(typ)}, got {type(rec[field]).__name__}"
+                )
             if isinstance(rec[field], str) and not rec[field].strip():
                 raise DataError(f"{path}:{lineno}: field {field!r} is empty")
         rec["_line"] = lineno
@@ -151,8 +154,7 @@ def check_unique_ids(records: list[dict], path: str | os.PathLike) -> None:
         if "id" not in r:
             continue
         if r["id"] in seen:
-            raise DataError(f"{path}:{r.get('_line', '?')}: duplicate id {r['id']!r} "
-                            f"(first at line {seen[r['id']]})")
+            raise DataError(f"{path}:{r.get('_line', '?')}: duplicate id {r['id']!r} (first at line {seen[r['id']]})")
         seen[r["id"]] = r.get("_line", "?")
 
 

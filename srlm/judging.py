@@ -1,5 +1,6 @@
 """Judging with a model: the paper's judge prompt over (instruction, response) items with both readouts,
 the candidates of an iteration, the pairwise verdicts of the head-to-head, and the EFT construction."""
+
 from __future__ import annotations
 
 from .metrics import length_bias, score_histogram
@@ -18,8 +19,7 @@ from .scores import (
 )
 
 
-def judge_responses(generator, items: list[tuple[str, str]], sampling, expected: bool = True,
-                    desc: str = "judge"):
+def judge_responses(generator, items: list[tuple[str, str]], sampling, expected: bool = True, desc: str = "judge"):
     """Judge (instruction, response) items with the Figure 2 prompt, `sampling.n` samples each.
 
     Returns, per item, the judgment texts, their parsed scores (None when unparsable) with the
@@ -32,8 +32,13 @@ def judge_responses(generator, items: list[tuple[str, str]], sampling, expected:
     results = []
     for comps in outs:
         parsed = [parse_score(c.text) for c in comps]
-        results.append({"judgments": [c.text for c in comps], "scores": [p.score for p in parsed],
-                        "statuses": [p.status for p in parsed]})
+        results.append(
+            {
+                "judgments": [c.text for c in comps],
+                "scores": [p.score for p in parsed],
+                "statuses": [p.status for p in parsed],
+            }
+        )
     if expected:
         anchor, targets = score_tokens(tok)
         conts = [[_before_score(j) + anchor for j in r["judgments"]] for r in results]
@@ -50,14 +55,25 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
     Returns the rows with their judgments and scores, and the judge's metrics, bias monitor
     included (how the score follows the response's length)."""
     judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc)
-    rows = [{"prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "prompt": c["prompt"],
-             "response": c["response"], "finish_reason": c.get("finish_reason"), **j, **candidate_scores(j, scoring)}
-            for c, j in zip(cands, judged)]
+    rows = [
+        {
+            "prompt_id": c["prompt_id"],
+            "candidate_id": c["candidate_id"],
+            "prompt": c["prompt"],
+            "response": c["response"],
+            "finish_reason": c.get("finish_reason"),
+            **j,
+            **candidate_scores(j, scoring),
+        }
+        for c, j in zip(cands, judged)
+    ]
     scores = [r["score"] for r in rows]
-    metrics = judge_metrics([s for r in rows for s in r["statuses"]], [s for r in rows for s in r["scores"]],
-                            [x for r in rows for x in r.get("digit_mass", [])])
-    metrics |= {"scoring": scoring, "candidates": len(rows),
-                "candidates_scored": sum(s is not None for s in scores)}
+    metrics = judge_metrics(
+        [s for r in rows for s in r["statuses"]],
+        [s for r in rows for s in r["scores"]],
+        [x for r in rows for x in r.get("digit_mass", [])],
+    )
+    metrics |= {"scoring": scoring, "candidates": len(rows), "candidates_scored": sum(s is not None for s in scores)}
     for key in ("sampled_score", "expected_score"):
         vals = [r[key] for r in rows if r[key] is not None]
         metrics[f"{key}_mean"] = sum(vals) / len(vals) if vals else float("nan")
@@ -73,20 +89,30 @@ def pairwise_verdicts(generator, items: list[tuple[str, str, str]], mode: str, s
     teacher forcing; `p_a_ab` and `p_a_ba` keep p(A) / (p(A) + p(B)) of both orders."""
 
     tok = generator.tokenizer
-    prompts = [chat_prompt(tok, pairwise_prompt(ins, x, y)) for ins, x, y in items] + \
-              [chat_prompt(tok, pairwise_prompt(ins, y, x)) for ins, x, y in items]
+    prompts = [chat_prompt(tok, pairwise_prompt(ins, x, y)) for ins, x, y in items] + [
+        chat_prompt(tok, pairwise_prompt(ins, y, x)) for ins, x, y in items
+    ]
     n = len(items)
     if mode == "sampled":
         outs = generator.generate(prompts, sampling, desc="head-to-head")
         texts = [o[0].text for o in outs]
-        return [{"ab": parse_verdict(texts[i]), "ba": parse_verdict(texts[n + i]),
-                 "text_ab": texts[i], "text_ba": texts[n + i]} for i in range(n)]
+        return [
+            {
+                "ab": parse_verdict(texts[i]),
+                "ba": parse_verdict(texts[n + i]),
+                "text_ab": texts[i],
+                "text_ba": texts[n + i],
+            }
+            for i in range(n)
+        ]
     anchor, targets = label_tokens(tok, "Winner:", ["A", "B"])
     probs = generator.next_token_probs(prompts, [[anchor]] * len(prompts), targets, desc="head-to-head")
     pa = [float(p[0, 0] / (p[0, 0] + p[0, 1])) for p in probs]
     verdict = ["A" if v > 0.5 else "B" if v < 0.5 else "tie" for v in pa]
-    return [{"ab": verdict[i], "ba": verdict[n + i], "p_a_ab": round(pa[i], 4), "p_a_ba": round(pa[n + i], 4)}
-            for i in range(n)]
+    return [
+        {"ab": verdict[i], "ba": verdict[n + i], "p_a_ab": round(pa[i], 4), "p_a_ba": round(pa[n + i], 4)}
+        for i in range(n)
+    ]
 
 
 def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict], dict]:
@@ -98,7 +124,7 @@ def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict],
     examples, kept_sets, pos = [], 0, 0
     statuses, scores = [], []
     for s in ranked_sets:
-        rows = judged[pos:pos + len(s["responses"])]
+        rows = judged[pos : pos + len(s["responses"])]
         pos += len(s["responses"])
         for r in rows:
             statuses += r["statuses"]
@@ -109,11 +135,21 @@ def build_eft(generator, ranked_sets: list[dict], sampling) -> tuple[list[dict],
             if agrees_with_ranking(attempt, ranks):
                 kept_sets += 1
                 for resp, r in zip(s["responses"], rows):
-                    examples.append({"id": f"{s['id']}-r{resp['rank']}", "instruction": s["instruction"],
-                                     "response": resp["text"], "judgment": r["judgments"][a],
-                                     "score": r["scores"][a], "source": "sft_baseline"})
+                    examples.append(
+                        {
+                            "id": f"{s['id']}-r{resp['rank']}",
+                            "instruction": s["instruction"],
+                            "response": resp["text"],
+                            "judgment": r["judgments"][a],
+                            "score": r["scores"][a],
+                            "source": "sft_baseline",
+                        }
+                    )
                 break
-    metrics = {"ranked_sets": len(ranked_sets), "sets_agreeing": kept_sets,
-               "agreement_rate": kept_sets / len(ranked_sets) if ranked_sets else 0.0,
-               **judge_metrics(statuses, scores)}
+    metrics = {
+        "ranked_sets": len(ranked_sets),
+        "sets_agreeing": kept_sets,
+        "agreement_rate": kept_sets / len(ranked_sets) if ranked_sets else 0.0,
+        **judge_metrics(statuses, scores),
+    }
     return examples, metrics

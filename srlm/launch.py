@@ -2,6 +2,7 @@
 script re-executes itself under `accelerate launch` (FSDP2 or DeepSpeed ZeRO-3, `distributed.config_file`), and
 only the main process writes outputs. On machines 1.. of a multi-node run, `python -m srlm.launch worker` joins
 the commands machine 0 posts (docs/scaling-up.md)."""
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,21 @@ def distribute(dist: DistributedConfig) -> None:
     if dist.num_processes <= 1:
         return
     machine_rank = int(os.environ.get("SRLM_MACHINE_RANK", "0"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", dist.config_file,
-           "--num_processes", str(dist.num_processes), "--num_machines", str(dist.num_machines),
-           "--machine_rank", str(machine_rank), "--main_process_port", str(dist.main_process_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        dist.config_file,
+        "--num_processes",
+        str(dist.num_processes),
+        "--num_machines",
+        str(dist.num_machines),
+        "--machine_rank",
+        str(machine_rank),
+        "--main_process_port",
+        str(dist.main_process_port),
+    ]
     if dist.main_process_ip:
         cmd += ["--main_process_ip", dist.main_process_ip]
     cmd += [sys.argv[0], *sys.argv[1:]]
@@ -71,8 +84,9 @@ def worker(machine_rank: int, poll_s: float = 2.0) -> None:
         if job.get("id") not in (None, seen):
             seen = job["id"]
             log.info("joining: %s", " ".join(job["argv"]))
-            rc = subprocess.call([sys.executable, *job["argv"]],
-                                 env=os.environ | {"SRLM_MACHINE_RANK": str(machine_rank)})
+            rc = subprocess.call(
+                [sys.executable, *job["argv"]], env=os.environ | {"SRLM_MACHINE_RANK": str(machine_rank)}
+            )
             log.log(logging.INFO if rc == 0 else logging.ERROR, "job ended with exit code %d", rc)
         time.sleep(poll_s)
 
@@ -87,14 +101,19 @@ def _job() -> dict:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Multi-node training: run this on machines 1.. while `dvc repro` "
-                                                 "runs on machine 0, in the same (shared) project directory.")
+    parser = argparse.ArgumentParser(
+        description="Multi-node training: run this on machines 1.. while `dvc repro` "
+        "runs on machine 0, in the same (shared) project directory."
+    )
     parser.add_argument("command", choices=["worker"])
     parser.add_argument("--machine-rank", type=int, required=True)
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks for a new job")
     a = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         worker(a.machine_rank, a.poll)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Evaluation metrics: the judge against human rankings (the paper's Table 2), length bias, head-to-head
 summaries (Figure 3). Pure functions: lists in, flat dicts of numbers out; NaN means "not defined on this data"."""
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,8 @@ from .scores import is_top_score
 NAN = float("nan")
 OUTCOMES = ("win", "tie", "loss")
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
 def _missing(score) -> bool:
     return score is None or (isinstance(score, float) and math.isnan(score))
 
@@ -79,7 +82,7 @@ def _pooled_correlations(sets: list[tuple[list[int], list]]) -> tuple[float, flo
     den = math.sqrt((n0 - tie_x) * (n0 - tie_y))
     kendall = (conc - disc) / den if den else NAN
     rx_, ry_ = np.asarray(rx), np.asarray(ry)
-    sden = math.sqrt(float((rx_ ** 2).sum() * (ry_ ** 2).sum())) if rx else 0.0
+    sden = math.sqrt(float((rx_**2).sum() * (ry_**2).sum())) if rx else 0.0
     spearman = float((rx_ * ry_).sum() / sden) if sden else NAN
     return spearman, kendall
 
@@ -216,8 +219,12 @@ def head_to_head_summary(outcomes: list[str]) -> dict:
         raise ValueError(f"unknown outcomes: {sorted(bad)}")
     n = len(outcomes)
     counts = {k: outcomes.count(k) for k in OUTCOMES}
-    return {"n": n, **counts, **{f"{k}_rate": ratio(counts[k], n) for k in OUTCOMES},
-            "win_rate_ties_half": ratio(counts["win"] + 0.5 * counts["tie"], n)}
+    return {
+        "n": n,
+        **counts,
+        **{f"{k}_rate": ratio(counts[k], n) for k in OUTCOMES},
+        "win_rate_ties_half": ratio(counts["win"] + 0.5 * counts["tie"], n),
+    }
 
 
 def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: list[int]) -> dict:
@@ -248,6 +255,10 @@ def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: lis
 def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> float:
     """`longer_wins_rate` over every pair of (score, length) items within the same group
     (the candidates of one prompt, the responses of one ranked set)."""
-    pairs = [(a[0], b[0], a[1], b[1]) for g in groups for a, b in combinations(g, 2)
-             if not _missing(a[0]) and not _missing(b[0])]
+    pairs = [
+        (a[0], b[0], a[1], b[1])
+        for g in groups
+        for a, b in combinations(g, 2)
+        if not _missing(a[0]) and not _missing(b[0])
+    ]
     return longer_wins_rate(pairs)

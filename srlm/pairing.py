@@ -1,5 +1,6 @@
 """Building AI-feedback training data from judged candidates (paper §2.3), and CREAM's
 consistency between two models' rankings of the same candidates."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,13 @@ def _by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
     return {pid: sorted(rows, key=lambda r: r["candidate_id"]) for pid, rows in sorted(by_prompt.items())}
 
 
-def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = None,
-                 length_margin: float | None = None, truncated_chosen: bool = False) -> tuple[list[dict], Counter]:
+def select_pairs(
+    judged: list[dict],
+    min_valid: int = 2,
+    tiebreak: str | None = None,
+    length_margin: float | None = None,
+    truncated_chosen: bool = False,
+) -> tuple[list[dict], Counter]:
     """Highest vs lowest score per prompt (`score`: the mean of its k judgments); as in the paper,
     a prompt whose candidates all have the same score is discarded (`dropped_tie`).
 
@@ -34,6 +40,7 @@ def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = 
       candidate whose score is within the margin of the best and still above the rejected one
       (`length_controlled` counts the pairs where that changed the choice).
     Candidates are keyed by id, never by position."""
+
     def sec(c):
         v = c.get(tiebreak) if tiebreak else None
         return -math.inf if v is None else v
@@ -68,12 +75,18 @@ def select_pairs(judged: list[dict], min_valid: int = 2, tiebreak: str | None = 
                 counts["length_controlled"] += 1
                 best = short
         counts["pairs"] += 1
-        pairs.append({
-            "id": pid, "prompt": best["prompt"],
-            "chosen": best["response"], "rejected": worst["response"],
-            "chosen_id": best["candidate_id"], "rejected_id": worst["candidate_id"],
-            "chosen_score": best["score"], "rejected_score": worst["score"],
-        })
+        pairs.append(
+            {
+                "id": pid,
+                "prompt": best["prompt"],
+                "chosen": best["response"],
+                "rejected": worst["response"],
+                "chosen_id": best["candidate_id"],
+                "rejected_id": worst["candidate_id"],
+                "chosen_score": best["score"],
+                "rejected_score": worst["score"],
+            }
+        )
     counts["prompts"] = len(groups)
     return pairs, counts
 
@@ -88,8 +101,9 @@ def select_positives(judged: list[dict], readout: str, truncated: bool = False) 
         if row.get("finish_reason") == "length" and not truncated:
             counts["truncated_not_chosen"] += 1
             continue
-        out.append({"id": row["candidate_id"], "prompt": row["prompt"], "response": row["response"],
-                    "score": row["score"]})
+        out.append(
+            {"id": row["candidate_id"], "prompt": row["prompt"], "response": row["response"], "score": row["score"]}
+        )
     counts["positives"] = len(out)
     counts["prompts"] = len({r["prompt_id"] for r in judged})
     return out, counts
@@ -122,11 +136,13 @@ def consistency(current: dict[str, float], previous: dict[str, float], measure: 
     return (float(stat) + 1) / 2
 
 
-def attach_consistency(pairs: list[dict], current: list[dict], previous: list[dict],
-                       measure: str) -> tuple[list[dict], Counter]:
+def attach_consistency(
+    pairs: list[dict], current: list[dict], previous: list[dict], measure: str
+) -> tuple[list[dict], Counter]:
     """Give each pair the consistency of its prompt's two rankings (`current`, `previous`: judged
     rows with prompt_id, candidate_id, score). A pair whose C cannot be computed (the previous
     model scored fewer than two of its candidates) gets the mean C of the others."""
+
     def scores(rows):
         out: dict[str, dict[str, float]] = defaultdict(dict)
         for r in rows:

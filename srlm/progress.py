@@ -7,6 +7,7 @@ another fingerprint and starts clean (and the stale folder is removed). Generati
 shards there (srlm.resume), training stages their Trainer checkpoints (srlm.training). A stage removes
 its folder once its outputs are written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,13 +41,15 @@ def path_stamp(path: str | os.PathLike) -> list:
 
 def fingerprint(params: object, paths: Sequence[str | os.PathLike] = ()) -> str:
     """A short hash of JSON-able `params` and the content stamps of `paths`."""
-    blob = json.dumps({"params": params, "paths": [[str(p), path_stamp(p)] for p in paths]},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"params": params, "paths": [[str(p), path_stamp(p)] for p in paths]}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def work_dir(stage: str, params: object, paths: Sequence[str | os.PathLike] = (),
-             root: str | os.PathLike = PROGRESS_ROOT) -> Path:
+def work_dir(
+    stage: str, params: object, paths: Sequence[str | os.PathLike] = (), root: str | os.PathLike = PROGRESS_ROOT
+) -> Path:
     """`<root>/<stage>/<fingerprint>`; sibling folders of other fingerprints (stale runs) are removed."""
     base = Path(root) / stage.replace("@", "_")
     d = base / fingerprint(params, paths)

@@ -1,5 +1,6 @@
 """Prompt texts: the paper's LLM-as-a-Judge prompt (Figure 2) and the few-shot prompt that
 makes new instructions, with the parsing and filtering of what the model writes back."""
+
 from __future__ import annotations
 
 import difflib
@@ -15,8 +16,9 @@ JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "judge_additive.txt").re
 
 def judge_prompt(instruction: str, response: str) -> str:
     """Figure 2 of Yuan et al. (2024), verbatim, with the instruction and response filled in."""
-    return (JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip())
-            .replace("<RESPONSE_HERE>", response.strip()))
+    return JUDGE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip()).replace(
+        "<RESPONSE_HERE>", response.strip()
+    )
 
 
 PAIRWISE_TEMPLATE = (Path(__file__).parent / "templates" / "pairwise.txt").read_text(encoding="utf-8").strip()
@@ -24,12 +26,16 @@ PAIRWISE_TEMPLATE = (Path(__file__).parent / "templates" / "pairwise.txt").read_
 
 def pairwise_prompt(instruction: str, response_a: str, response_b: str) -> str:
     """The head-to-head evaluation prompt: which of two responses is better, ending in `Winner: A|B`."""
-    return (PAIRWISE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip())
-            .replace("<RESPONSE_A_HERE>", response_a.strip()).replace("<RESPONSE_B_HERE>", response_b.strip()))
+    return (
+        PAIRWISE_TEMPLATE.replace("<INSTRUCTION_HERE>", instruction.strip())
+        .replace("<RESPONSE_A_HERE>", response_a.strip())
+        .replace("<RESPONSE_B_HERE>", response_b.strip())
+    )
 
 
-FEWSHOT_HEADER = ("Below are some tasks that users ask an AI assistant. "
-                  "Write new tasks that are different from all of them.\n\n")
+FEWSHOT_HEADER = (
+    "Below are some tasks that users ask an AI assistant. Write new tasks that are different from all of them.\n\n"
+)
 
 
 def _one_line(text: str) -> str:
@@ -45,8 +51,10 @@ def fewshot_prompt(shots: list[str]) -> str:
 def pick_shots(seed_prompts: list[str], k: int, rng: random.Random, max_words: int) -> list[str]:
     pool = [p for p in seed_prompts if len(p.split()) <= max_words]
     if len(pool) < k:
-        raise ValueError(f"only {len(pool)} seed prompts have at most {max_words} words; "
-                         f"need {k} few-shot examples (lower gen_prompts.shots or raise max_words)")
+        raise ValueError(
+            f"only {len(pool)} seed prompts have at most {max_words} words; "
+            f"need {k} few-shot examples (lower gen_prompts.shots or raise max_words)"
+        )
     return rng.sample(pool, k)
 
 
@@ -118,8 +126,10 @@ class NearDuplicates:
         cands = set().union(*(self.index.get(sh, ()) for sh in self._shingles(norm))) - found
         for i in cands:
             other = self.texts[i]
-            if abs(len(other) - len(norm)) <= len(norm) and \
-                    difflib.SequenceMatcher(None, other, norm).ratio() >= self.ratio:
+            if (
+                abs(len(other) - len(norm)) <= len(norm)
+                and difflib.SequenceMatcher(None, other, norm).ratio() >= self.ratio
+            ):
                 found.add(i)
         return [self.labels[i] for i in sorted(found)]
 
@@ -136,8 +146,9 @@ class PromptFilter:
     instructions, "earlier_iteration": prompts of earlier iterations}), that key; to a task kept
     before in this run, a `duplicate`."""
 
-    def __init__(self, seed_prompts: list[str], min_words: int, max_words: int,
-                 reserved: dict[str, list[str]] | None = None):
+    def __init__(
+        self, seed_prompts: list[str], min_words: int, max_words: int, reserved: dict[str, list[str]] | None = None
+    ):
         self.seeds = {normalize(s) for s in seed_prompts}
         self.known = NearDuplicates()
         for s in seed_prompts:
@@ -146,9 +157,17 @@ class PromptFilter:
             for t in texts:
                 self.known.add(t, reason)
         self.min_words, self.max_words = min_words, max_words
-        self.counts = {"kept": 0, "empty": 0, "too_short": 0, "too_long": 0, "bad_format": 0,
-                       "duplicate_of_seed": 0, "seed_leak": 0, "duplicate": 0,
-                       **{reason: 0 for reason in reserved or {}}}
+        self.counts = {
+            "kept": 0,
+            "empty": 0,
+            "too_short": 0,
+            "too_long": 0,
+            "bad_format": 0,
+            "duplicate_of_seed": 0,
+            "seed_leak": 0,
+            "duplicate": 0,
+            **{reason: 0 for reason in reserved or {}},
+        }
 
     def reason(self, task: str) -> str:
         norm = normalize(task)
@@ -174,9 +193,18 @@ class PromptFilter:
         return False
 
 
-def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots: int, max_attempts: int,
-                     min_words: int, max_words: int, sampling, seed: int,
-                     reserved: dict[str, list[str]] | None = None) -> tuple[list[str], dict]:
+def generate_prompts(
+    generator,
+    seed_prompts: list[str],
+    num_prompts: int,
+    shots: int,
+    max_attempts: int,
+    min_words: int,
+    max_words: int,
+    sampling,
+    seed: int,
+    reserved: dict[str, list[str]] | None = None,
+) -> tuple[list[str], dict]:
     """Few-shot prompting from seed instructions until `num_prompts` new, filtered prompts are
     found or `num_prompts * max_attempts` generations were tried. `reserved`: instructions the new
     prompts must differ from besides the seeds, by the reason counted when one is dropped
@@ -192,8 +220,11 @@ def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots
     while len(kept) < num_prompts and tried < budget:
         want = min(max(num_prompts - len(kept), 4), budget - tried)
         fewshots = [fewshot_prompt(pick_shots(seed_prompts, shots, rng, max_words)) for _ in range(want)]
-        outs = generator.generate(fewshots, replace(sampling, n=1, seed=derive_seed(seed, "round", round_)),
-                                  desc=f"gen_prompts round {round_ + 1}")
+        outs = generator.generate(
+            fewshots,
+            replace(sampling, n=1, seed=derive_seed(seed, "round", round_)),
+            desc=f"gen_prompts round {round_ + 1}",
+        )
         round_ += 1
         tried += want
         for comps in outs:
@@ -202,6 +233,11 @@ def generate_prompts(generator, seed_prompts: list[str], num_prompts: int, shots
             for t in tasks:
                 if len(kept) < num_prompts and filt.add(t):
                     kept.append(t)
-    metrics = {"prompts_kept": len(kept), "prompts_wanted": num_prompts, "generations": tried,
-               "truncated": truncated, **{f"dropped_{k}": v for k, v in filt.counts.items() if k != "kept"}}
+    metrics = {
+        "prompts_kept": len(kept),
+        "prompts_wanted": num_prompts,
+        "generations": tried,
+        "truncated": truncated,
+        **{f"dropped_{k}": v for k, v in filt.counts.items() if k != "kept"},
+    }
     return kept, metrics

@@ -1,6 +1,7 @@
 """The report after `dvc repro`: every number read from a stage's metrics file, laid out as the
 paper does (Table 2 for rewarding, Figure 3 for instruction following), plus the per-iteration
 view of what the loop did (prompts, parse rate, pairs, lengths, consistency)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ from .io import DataError, atomic_write_text
 
 def file_loader(root: Path = Path(".")):
     """Read a metrics file of the workspace."""
+
     def load(path: str) -> dict:
         try:
             return json.loads((root / path).read_text(encoding="utf-8"))
@@ -24,6 +26,7 @@ def file_loader(root: Path = Path(".")):
             raise DataError(f"{root / path}: missing; run `dvc repro` so the stage that writes it runs first") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{root / path}: not valid JSON ({e})") from None
+
     return load
 
 
@@ -44,14 +47,25 @@ def git_loader(rev: str, root: Path = Path(".")):
 def collect(params, load=None) -> dict:
     """All metrics the report shows, keyed as the stages wrote them."""
     load = load or file_loader()
-    its = {k: {name: load(artifacts.iteration_metrics(k, name))
-               for name in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")}
-           for k in map(str, params.iterations)}
-    models = {m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer")}
-              for m in params.evaluation.models}
+    its = {
+        k: {
+            name: load(artifacts.iteration_metrics(k, name))
+            for name in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")
+        }
+        for k in map(str, params.iterations)
+    }
+    models = {
+        m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer")}
+        for m in params.evaluation.models
+    }
     h2h = {n: load(artifacts.matchup_metrics(n)) for n in params.evaluation.matchups}
-    return {"iterations": its, "models": models, "head_to_head": h2h,
-            "seed": load(artifacts.metrics("prepare_seed")), "eft": load(artifacts.metrics("build_eft"))}
+    return {
+        "iterations": its,
+        "models": models,
+        "head_to_head": h2h,
+        "seed": load(artifacts.metrics("prepare_seed")),
+        "eft": load(artifacts.metrics("build_eft")),
+    }
 
 
 def _f(v, pct: bool = False, digits: int = 3) -> str:
@@ -79,110 +93,270 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
         j, a = v["judge"], v["answer"]
         row = {"model": m, "mean_chars": a.get("mean_chars"), "parse_rate": j.get("parse_rate")}
         for readout in ("sampled", "expected"):
-            for k in ("pairwise_accuracy", "pairwise_tie_rate", "five_best", "exact_match", "spearman", "kendall",
-                      "score_length_spearman", "longer_wins_rate"):
+            for k in (
+                "pairwise_accuracy",
+                "pairwise_tie_rate",
+                "five_best",
+                "exact_match",
+                "spearman",
+                "kendall",
+                "score_length_spearman",
+                "longer_wins_rate",
+            ):
                 row[f"{readout}_{k}"] = j.get(f"{readout}_{k}")
         models.append(row)
     iterations = []
     for k, v in c["iterations"].items():
         g, s, j, p, d = v["gen_prompts"], v["sample"], v["judge"], v["pairs"], v["dpo"]
-        iterations.append({
-            "iteration": int(k), "prompts": g.get("prompts_kept", g.get("prompts")),
-            "candidates": s.get("candidates"), "response_chars": s.get("mean_response_chars"),
-            "parse_rate": j.get("parse_rate"), "scored_rate": p.get("scored_rate"), "pairs": p.get("pairs", 0),
-            "dropped_tie": p.get("dropped_tie", 0), "tie_broken": p.get("tie_broken", 0),
-            "chosen_chars": p.get("chosen_chars_mean"), "rejected_chars": p.get("rejected_chars_mean"),
-            "longer_chosen_rate": p.get("longer_chosen_rate"),
-            "score_length_spearman": j.get("score_length_spearman"),
-            "consistency_mean": p.get("consistency_mean"),
-            "dpo_margin": d.get("rewards_margins_mean"), "dpo_loss": d.get("train_loss"),
-            **{f"score_{n}": j.get(f"candidate_score_{n}", 0) for n in range(6)}})
-    h2h = [{"matchup": n, "a": v["a"], "b": v["b"], "win": v["win_rate"], "tie": v["tie_rate"], "loss": v["loss_rate"],
-            "win_rate": v["win_rate_ties_half"], "lc_win_rate": v["lc_win_rate"], "n": v["n"],
-            "chars_a": v.get("mean_chars_x"), "chars_b": v.get("mean_chars_y"),
-            "first_position": v.get("verdicts_first_position"), "judge": v.get("judge"),
-            "judge_conflict": judge_conflict(v.get("judge", ""), v["a"], v["b"], lineage) or ""}
-           for n, v in c["head_to_head"].items()]
+        iterations.append(
+            {
+                "iteration": int(k),
+                "prompts": g.get("prompts_kept", g.get("prompts")),
+                "candidates": s.get("candidates"),
+                "response_chars": s.get("mean_response_chars"),
+                "parse_rate": j.get("parse_rate"),
+                "scored_rate": p.get("scored_rate"),
+                "pairs": p.get("pairs", 0),
+                "dropped_tie": p.get("dropped_tie", 0),
+                "tie_broken": p.get("tie_broken", 0),
+                "chosen_chars": p.get("chosen_chars_mean"),
+                "rejected_chars": p.get("rejected_chars_mean"),
+                "longer_chosen_rate": p.get("longer_chosen_rate"),
+                "score_length_spearman": j.get("score_length_spearman"),
+                "consistency_mean": p.get("consistency_mean"),
+                "dpo_margin": d.get("rewards_margins_mean"),
+                "dpo_loss": d.get("train_loss"),
+                **{f"score_{n}": j.get(f"candidate_score_{n}", 0) for n in range(6)},
+            }
+        )
+    h2h = [
+        {
+            "matchup": n,
+            "a": v["a"],
+            "b": v["b"],
+            "win": v["win_rate"],
+            "tie": v["tie_rate"],
+            "loss": v["loss_rate"],
+            "win_rate": v["win_rate_ties_half"],
+            "lc_win_rate": v["lc_win_rate"],
+            "n": v["n"],
+            "chars_a": v.get("mean_chars_x"),
+            "chars_b": v.get("mean_chars_y"),
+            "first_position": v.get("verdicts_first_position"),
+            "judge": v.get("judge"),
+            "judge_conflict": judge_conflict(v.get("judge", ""), v["a"], v["b"], lineage) or "",
+        }
+        for n, v in c["head_to_head"].items()
+    ]
     return {"models": models, "iterations": iterations, "head_to_head": h2h}
 
 
 def render(c: dict, t: dict, params, figures: list[str]) -> str:
     sc = params.judge.scoring
-    out = [f"# Self-rewarding run report ({params.method.upper()})", "",
-           f"Base model `{params.model.base}`; {len(params.iterations)} iteration(s); judge readout "
-           f"`judge.scoring: {sc}`; seed data: {c['seed'].get('ift_train')} IFT train, "
-           f"{c['seed'].get('ranked_eval')} held-out ranked sets; EFT examples: {c['eft'].get('eft_total')}.",
-           "Every number below is read from a stage's metrics file (paths at the end).", ""]
-    out += ["## Reward modelling on the held-out ranked sets (the paper's Table 2)", "",
-            f"Readout `{sc}`. Pairwise accuracy counts judge ties as wrong; 5-best is the share of responses "
-            "scored 5 (≥ 4.5) that are the human's best; exact match: the whole order equals the human one; "
-            "Spearman and Kendall τ-b are averaged over sets (constant scores skipped).", ""]
-    out.append(_table(["model", "pairwise acc %", "tie %", "5-best %", "exact match %", "Spearman", "Kendall τ",
-                       "parse rate %"],
-                      [[r["model"], _f(r[f"{sc}_pairwise_accuracy"], True), _f(r[f"{sc}_pairwise_tie_rate"], True),
-                        _f(r[f"{sc}_five_best"], True), _f(r[f"{sc}_exact_match"], True), _f(r[f"{sc}_spearman"]),
-                        _f(r[f"{sc}_kendall"]), _f(r["parse_rate"], True)] for r in t["models"]]))
-    out += ["", "### Sampled vs expected score, and length bias", "",
-            "The same judgments read two ways: the parsed `Score: N` (sampled, the paper) and Σ p(n)·n after "
-            "`Score:` (expected). Length ρ: Spearman correlation between a response's score and its length "
-            "(a judge that rewards length shows ρ > 0); longer wins: of two responses to the same instruction "
-            "with different scores and lengths, how often the longer one scored higher.", ""]
-    out.append(_table(["model", "sampled: pairwise acc %", "tie %", "length ρ", "longer wins %",
-                       "expected: pairwise acc %", "tie %", "length ρ", "longer wins %"],
-                      [[r["model"]] + [_f(r[f"{ro}_{k}"], pct) for ro in ("sampled", "expected")
-                                       for k, pct in (("pairwise_accuracy", True), ("pairwise_tie_rate", True),
-                                                      ("score_length_spearman", False), ("longer_wins_rate", True))]
-                       for r in t["models"]]))
-    out += ["", "## Instruction following, head to head (the paper's Figure 3)", "",
-            f"Judge: `{params.evaluation.judge}`, verdict readout `{params.evaluation.verdict}`, each pair of "
-            "responses judged in both orders; a verdict that flips with the order is a tie (with `calibrated`, "
-            "p(A) is averaged over both orders instead). Win rate counts a tie as half. LC: the win rate at zero "
-            "length difference, from a least-squares line of the outcome (win 1, tie ½, loss 0) on the length "
-            "difference.", ""]
-    out.append(_table(["a vs b", "win %", "tie %", "loss %", "win rate %", "LC win rate %", "chars a", "chars b", "n",
-                       "verdicts for position A %"],
-                      [[f"{r['a']} vs {r['b']}", _f(r["win"], True), _f(r["tie"], True), _f(r["loss"], True),
-                        _f(r["win_rate"], True), _f(r["lc_win_rate"], True), _f(r["chars_a"], digits=0),
-                        _f(r["chars_b"], digits=0), str(r["n"]), _f(r["first_position"], True)]
-                       for r in t["head_to_head"]]))
+    out = [
+        f"# Self-rewarding run report ({params.method.upper()})",
+        "",
+        f"Base model `{params.model.base}`; {len(params.iterations)} iteration(s); judge readout "
+        f"`judge.scoring: {sc}`; seed data: {c['seed'].get('ift_train')} IFT train, "
+        f"{c['seed'].get('ranked_eval')} held-out ranked sets; EFT examples: {c['eft'].get('eft_total')}.",
+        "Every number below is read from a stage's metrics file (paths at the end).",
+        "",
+    ]
+    out += [
+        "## Reward modelling on the held-out ranked sets (the paper's Table 2)",
+        "",
+        f"Readout `{sc}`. Pairwise accuracy counts judge ties as wrong; 5-best is the share of responses "
+        "scored 5 (≥ 4.5) that are the human's best; exact match: the whole order equals the human one; "
+        "Spearman and Kendall τ-b are averaged over sets (constant scores skipped).",
+        "",
+    ]
+    out.append(
+        _table(
+            ["model", "pairwise acc %", "tie %", "5-best %", "exact match %", "Spearman", "Kendall τ", "parse rate %"],
+            [
+                [
+                    r["model"],
+                    _f(r[f"{sc}_pairwise_accuracy"], True),
+                    _f(r[f"{sc}_pairwise_tie_rate"], True),
+                    _f(r[f"{sc}_five_best"], True),
+                    _f(r[f"{sc}_exact_match"], True),
+                    _f(r[f"{sc}_spearman"]),
+                    _f(r[f"{sc}_kendall"]),
+                    _f(r["parse_rate"], True),
+                ]
+                for r in t["models"]
+            ],
+        )
+    )
+    out += [
+        "",
+        "### Sampled vs expected score, and length bias",
+        "",
+        "The same judgments read two ways: the parsed `Score: N` (sampled, the paper) and Σ p(n)·n after "
+        "`Score:` (expected). Length ρ: Spearman correlation between a response's score and its length "
+        "(a judge that rewards length shows ρ > 0); longer wins: of two responses to the same instruction "
+        "with different scores and lengths, how often the longer one scored higher.",
+        "",
+    ]
+    out.append(
+        _table(
+            [
+                "model",
+                "sampled: pairwise acc %",
+                "tie %",
+                "length ρ",
+                "longer wins %",
+                "expected: pairwise acc %",
+                "tie %",
+                "length ρ",
+                "longer wins %",
+            ],
+            [
+                [r["model"]]
+                + [
+                    _f(r[f"{ro}_{k}"], pct)
+                    for ro in ("sampled", "expected")
+                    for k, pct in (
+                        ("pairwise_accuracy", True),
+                        ("pairwise_tie_rate", True),
+                        ("score_length_spearman", False),
+                        ("longer_wins_rate", True),
+                    )
+                ]
+                for r in t["models"]
+            ],
+        )
+    )
+    out += [
+        "",
+        "## Instruction following, head to head (the paper's Figure 3)",
+        "",
+        f"Judge: `{params.evaluation.judge}`, verdict readout `{params.evaluation.verdict}`, each pair of "
+        "responses judged in both orders; a verdict that flips with the order is a tie (with `calibrated`, "
+        "p(A) is averaged over both orders instead). Win rate counts a tie as half. LC: the win rate at zero "
+        "length difference, from a least-squares line of the outcome (win 1, tie ½, loss 0) on the length "
+        "difference.",
+        "",
+    ]
+    out.append(
+        _table(
+            [
+                "a vs b",
+                "win %",
+                "tie %",
+                "loss %",
+                "win rate %",
+                "LC win rate %",
+                "chars a",
+                "chars b",
+                "n",
+                "verdicts for position A %",
+            ],
+            [
+                [
+                    f"{r['a']} vs {r['b']}",
+                    _f(r["win"], True),
+                    _f(r["tie"], True),
+                    _f(r["loss"], True),
+                    _f(r["win_rate"], True),
+                    _f(r["lc_win_rate"], True),
+                    _f(r["chars_a"], digits=0),
+                    _f(r["chars_b"], digits=0),
+                    str(r["n"]),
+                    _f(r["first_position"], True),
+                ]
+                for r in t["head_to_head"]
+            ],
+        )
+    )
     flagged = [r for r in t["head_to_head"] if r["judge_conflict"]]
-    out += [""] + [f"- **Not an impartial judgment:** {r['a']} vs {r['b']}: {r['judge_conflict']} (judge "
-                   f"`{r['judge']}`); a model that judges its own answers, or a descendant's, favours them."
-                   for r in flagged] if flagged else ["", f"No matchup is judged by one of its sides or by a model "
-                                                           f"trained from one (judge `{params.evaluation.judge}`)."]
-    out += ["", "An unbiased judge gives position A about half of its verdicts; near 100 % (or 0 %) means the "
-            "verdicts follow the position, and the two-order rule turns them into ties "
-            "(`evaluation.verdict: calibrated` averages p(A) over both orders instead)."]
+    out += (
+        [""]
+        + [
+            f"- **Not an impartial judgment:** {r['a']} vs {r['b']}: {r['judge_conflict']} (judge "
+            f"`{r['judge']}`); a model that judges its own answers, or a descendant's, favours them."
+            for r in flagged
+        ]
+        if flagged
+        else [
+            "",
+            f"No matchup is judged by one of its sides or by a model "
+            f"trained from one (judge `{params.evaluation.judge}`).",
+        ]
+    )
+    out += [
+        "",
+        "An unbiased judge gives position A about half of its verdicts; near 100 % (or 0 %) means the "
+        "verdicts follow the position, and the two-order rule turns them into ties "
+        "(`evaluation.verdict: calibrated` averages p(A) over both orders instead).",
+    ]
     out += ["", "Mean response length on the held-out prompts (the paper: 1092 → 1552 → 2552 characters):", ""]
-    out.append(_table(["model"] + [r["model"] for r in t["models"]],
-                      [["chars"] + [_f(r["mean_chars"], digits=0) for r in t["models"]]]))
+    out.append(
+        _table(
+            ["model"] + [r["model"] for r in t["models"]],
+            [["chars"] + [_f(r["mean_chars"], digits=0) for r in t["models"]]],
+        )
+    )
     cream = params.method == "cream"
     out += ["", "## What each iteration did", ""]
-    header = ["iteration", "prompts", "candidates", "response chars", "parse rate %", "scored %", "pairs",
-              "ties dropped", "ties broken", "chosen chars", "rejected chars", "longer chosen %", "score–length ρ"]
+    header = [
+        "iteration",
+        "prompts",
+        "candidates",
+        "response chars",
+        "parse rate %",
+        "scored %",
+        "pairs",
+        "ties dropped",
+        "ties broken",
+        "chosen chars",
+        "rejected chars",
+        "longer chosen %",
+        "score–length ρ",
+    ]
     header += ["consistency C"] if cream else []
     header += ["DPO margin", "DPO loss"]
     rows = []
     for r in t["iterations"]:
-        row = [str(r["iteration"]), str(r["prompts"]), str(r["candidates"]), _f(r["response_chars"], digits=0),
-               _f(r["parse_rate"], True), _f(r["scored_rate"], True), str(r["pairs"]), str(r["dropped_tie"]),
-               str(r["tie_broken"]), _f(r["chosen_chars"], digits=0), _f(r["rejected_chars"], digits=0),
-               _f(r["longer_chosen_rate"], True), _f(r["score_length_spearman"])]
+        row = [
+            str(r["iteration"]),
+            str(r["prompts"]),
+            str(r["candidates"]),
+            _f(r["response_chars"], digits=0),
+            _f(r["parse_rate"], True),
+            _f(r["scored_rate"], True),
+            str(r["pairs"]),
+            str(r["dropped_tie"]),
+            str(r["tie_broken"]),
+            _f(r["chosen_chars"], digits=0),
+            _f(r["rejected_chars"], digits=0),
+            _f(r["longer_chosen_rate"], True),
+            _f(r["score_length_spearman"]),
+        ]
         row += [_f(r["consistency_mean"])] if cream else []
         row += [_f(r["dpo_margin"], digits=4), _f(r["dpo_loss"])]
         rows.append(row)
     out.append(_table(header, rows))
     out += ["", "Candidate score distribution per iteration (scores rounded to 0–5):", ""]
-    out.append(_table(["iteration"] + [str(n) for n in range(6)],
-                      [[str(r["iteration"])] + [str(r[f"score_{n}"]) for n in range(6)] for r in t["iterations"]]))
+    out.append(
+        _table(
+            ["iteration"] + [str(n) for n in range(6)],
+            [[str(r["iteration"])] + [str(r[f"score_{n}"]) for n in range(6)] for r in t["iterations"]],
+        )
+    )
     if figures:
         out += ["", "## Figures", ""] + [f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures]
-    out += ["", "## Sources", "",
-            "- reward modelling: `data/eval/<model>/metrics/judge.json`; responses and lengths: "
-            "`data/eval/<model>/metrics/answer.json` (AlpacaEval export: `data/eval/<model>/alpaca_eval.json`)",
-            "- head to head: `data/eval/head_to_head/<a>_vs_<b>/metrics.json` (verdicts in `verdicts.jsonl`)",
-            "- iterations: `data/it<t>/metrics/{gen_prompts,sample,judge,judge_prev,pairs,dpo}.json`",
-            "- compare runs: `dvc metrics diff`, `dvc exp show`, `dvc plots diff`", ""]
+    out += [
+        "",
+        "## Sources",
+        "",
+        "- reward modelling: `data/eval/<model>/metrics/judge.json`; responses and lengths: "
+        "`data/eval/<model>/metrics/answer.json` (AlpacaEval export: `data/eval/<model>/alpaca_eval.json`)",
+        "- head to head: `data/eval/head_to_head/<a>_vs_<b>/metrics.json` (verdicts in `verdicts.jsonl`)",
+        "- iterations: `data/it<t>/metrics/{gen_prompts,sample,judge,judge_prev,pairs,dpo}.json`",
+        "- compare runs: `dvc metrics diff`, `dvc exp show`, `dvc plots diff`",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -190,6 +364,7 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
     """PNG figures: win/tie/loss bars, reward-model quality and length per model, pairs and
     lengths per iteration, score distributions."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -234,8 +409,13 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
         its = [r["iteration"] for r in t["iterations"]]
         fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(11, 3))
         a1.bar(its, [r["pairs"] for r in t["iterations"]], color="#2a9d8f", label="pairs")
-        a1.bar(its, [r["dropped_tie"] for r in t["iterations"]], bottom=[r["pairs"] for r in t["iterations"]],
-               color="#cccccc", label="ties dropped")
+        a1.bar(
+            its,
+            [r["dropped_tie"] for r in t["iterations"]],
+            bottom=[r["pairs"] for r in t["iterations"]],
+            color="#cccccc",
+            label="ties dropped",
+        )
         a1.set_xlabel("iteration")
         a1.set_title("pairs per iteration", fontsize=10)
         a1.legend(fontsize=8)
@@ -247,8 +427,12 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
         a2.legend(fontsize=8)
         width = 0.8 / len(its)
         for i, r in enumerate(t["iterations"]):
-            a3.bar([n + i * width for n in range(6)], [r[f"score_{n}"] for n in range(6)], width=width,
-                   label=f"it {r['iteration']}")
+            a3.bar(
+                [n + i * width for n in range(6)],
+                [r[f"score_{n}"] for n in range(6)],
+                width=width,
+                label=f"it {r['iteration']}",
+            )
         a3.set_xlabel(f"candidate score ({scoring})")
         a3.set_title("score distribution", fontsize=10)
         a3.legend(fontsize=8)
@@ -275,6 +459,7 @@ def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
 
 # --- Comparing runs (e.g. SRLM vs CREAM as two DVC experiments) --------------------------------
 
+
 def _resolve(name: str, root: Path) -> str:
     """A DVC experiment name, or any git revision, to a commit."""
     from dvc.api import exp_show
@@ -288,7 +473,6 @@ def _resolve(name: str, root: Path) -> str:
 def compare(names: list[str], root: Path = Path(".")) -> str:
     """A Markdown table of the headline numbers of several runs side by side."""
     import yaml
-
 
     runs = {}
     for name in names:
@@ -311,8 +495,11 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
             put(f"{r['model']}: pairwise accuracy % ({sc})", name, _f(r[f"{sc}_pairwise_accuracy"], True))
             put(f"{r['model']}: Kendall τ ({sc})", name, _f(r[f"{sc}_kendall"]))
         for r in t["head_to_head"]:
-            put(f"{r['a']} vs {r['b']}: win / tie / loss %", name,
-                f"{_f(r['win'], True)} / {_f(r['tie'], True)} / {_f(r['loss'], True)}")
+            put(
+                f"{r['a']} vs {r['b']}: win / tie / loss %",
+                name,
+                f"{_f(r['win'], True)} / {_f(r['tie'], True)} / {_f(r['loss'], True)}",
+            )
             put(f"{r['a']} vs {r['b']}: LC win rate %", name, _f(r["lc_win_rate"], True))
         for r in t["iterations"]:
             put(f"iteration {r['iteration']}: pairs", name, str(r["pairs"]))
@@ -325,8 +512,9 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m srlm.report",
-                                     description="Compare runs: DVC experiment names, git revisions or 'workspace'.")
+    parser = argparse.ArgumentParser(
+        prog="python -m srlm.report", description="Compare runs: DVC experiment names, git revisions or 'workspace'."
+    )
     parser.add_argument("command", choices=["compare"])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", default="reports/compare.md")

@@ -3,6 +3,7 @@ folder (srlm.progress) as soon as it is done, so an interrupted stage's rerun co
 left. Shards are written atomically and carry a checksum: a damaged one is detected, discarded and
 recomputed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,9 @@ class ResumableGenerator:
         rows = self._run("generate", prompts, [dataclasses.asdict(params)], compute, desc)
         return [[Completion(*c) for c in comps] for comps in rows]
 
-    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
-                         desc: str = "score"):
+    def next_token_probs(
+        self, prompts: list[str], continuations: list[list[str]], token_ids: list[int], desc: str = "score"
+    ):
         import torch
 
         def compute(chunk, i, label):
@@ -74,7 +76,7 @@ class ResumableGenerator:
         out: list = []
         reused = 0
         for i in range(n):
-            chunk = items[i * self.shard_size:(i + 1) * self.shard_size]
+            chunk = items[i * self.shard_size : (i + 1) * self.shard_size]
             key = hashlib.sha256(json.dumps([kind, i, chunk, extra], sort_keys=True).encode()).hexdigest()[:32]
             path = self.dir / f"{kind}-{key}.json"
             rows = _load_shard(path, len(chunk))

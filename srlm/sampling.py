@@ -1,6 +1,7 @@
 """What generating means to the stages, without any model code: the sampling parameters, a completion,
 the interface every generation backend implements (srlm.generation), a chat turn's rendering, and the
 sample stage's N candidates per prompt."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -18,8 +19,13 @@ class SamplingParams:
     @classmethod
     def of(cls, section, n: int = 1, seed: int = 0, max_new_tokens: int | None = None) -> SamplingParams:
         """From a params.yaml section's temperature, top_p and max_new_tokens (judge, sample, eft, ...)."""
-        return cls(n=n, temperature=section.temperature, top_p=section.top_p, seed=seed,
-                   max_new_tokens=section.max_new_tokens if max_new_tokens is None else max_new_tokens)
+        return cls(
+            n=n,
+            temperature=section.temperature,
+            top_p=section.top_p,
+            seed=seed,
+            max_new_tokens=section.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        )
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Completion:
 
 class Generator(ABC):
     """What the stages need of a model: srlm.generation's backends implement it, srlm.resume wraps one."""
+
     tokenizer: object  # renders chat templates for the prompts given to `generate`
 
     @abstractmethod
@@ -38,8 +45,9 @@ class Generator(ABC):
         """Return `params.n` completions for each prompt, in the order of `prompts`."""
 
     @abstractmethod
-    def next_token_probs(self, prompts: list[str], continuations: list[list[str]], token_ids: list[int],
-                         desc: str = "score") -> list:
+    def next_token_probs(
+        self, prompts: list[str], continuations: list[list[str]], token_ids: list[int], desc: str = "score"
+    ) -> list:
         """For each prompt and each of its continuations (the same number per prompt, none empty), the
         probabilities of `token_ids` as the next token after prompt + continuation: one tensor of shape
         (continuations, len(token_ids)) per prompt. The judge's expected score reads them."""
@@ -47,8 +55,9 @@ class Generator(ABC):
 
 def chat_prompt(tokenizer, user_text: str) -> str:
     """Render a single user turn with the model's chat template, ready for the assistant's reply."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def sample_responses(generator: Generator, prompts: list[dict], sampling: SamplingParams) -> list[dict]:
@@ -58,6 +67,14 @@ def sample_responses(generator: Generator, prompts: list[dict], sampling: Sampli
     rows = []
     for p, comps in zip(prompts, outs):
         for j, c in enumerate(comps):
-            rows.append({"prompt_id": p["id"], "candidate_id": f"{p['id']}-c{j}", "prompt": p["prompt"],
-                         "response": c.text, "num_tokens": c.num_tokens, "finish_reason": c.finish_reason})
+            rows.append(
+                {
+                    "prompt_id": p["id"],
+                    "candidate_id": f"{p['id']}-c{j}",
+                    "prompt": p["prompt"],
+                    "response": c.text,
+                    "num_tokens": c.num_tokens,
+                    "finish_reason": c.finish_reason,
+                }
+            )
     return rows

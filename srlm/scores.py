@@ -1,5 +1,6 @@
 """Judgments as text: reading a score or a verdict out of what a judge wrote, the labels' tokens for the
 probability readouts, and how the k judgments of a candidate become its scores. Pure: no model, no torch."""
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,7 @@ def parse_score(judgment: str) -> ParsedScore:
     value = int(value)
     if not 0 <= value <= MAX_SCORE:
         return ParsedScore(None, "out_of_range")
-    tail = judgment[last.end():]
+    tail = judgment[last.end() :]
     if re.search(r"[A-Za-z0-9]", tail):
         return ParsedScore(None, "not_at_end")
     others = {m.group(1).rstrip(".,;)!").split("/")[0] for m in matches[:-1]}
@@ -96,9 +97,9 @@ def label_tokens(tokenizer, anchor: str, labels: list[str]) -> tuple[str, list[i
     conts = []
     for label in labels:
         ids = tokenizer(f"{anchor} {label}", add_special_tokens=False)["input_ids"]
-        if ids[:len(base)] != base:
+        if ids[: len(base)] != base:
             raise ValueError(f"tokenizer splits {anchor!r} differently before {label!r}; cannot read it")
-        conts.append(ids[len(base):])
+        conts.append(ids[len(base) :])
     common = 0
     while all(len(c) > common + 1 for c in conts) and len({c[common] for c in conts}) == 1:
         common += 1
@@ -106,8 +107,10 @@ def label_tokens(tokenizer, anchor: str, labels: list[str]) -> tuple[str, list[i
         # e.g. " 1".." 5" are one token each but " 0" is " " + "0": the first token after the anchor
         # would be the bare space for 0, and p(" ") is not p(0). One next token cannot read such labels.
         shapes = {label: [tokenizer.decode([t]) for t in c] for label, c in zip(labels, conts)}
-        raise ValueError(f"the tokenizer writes the labels after {anchor!r} with different numbers of tokens "
-                         f"({shapes}); their probabilities cannot be read as one next token")
+        raise ValueError(
+            f"the tokenizer writes the labels after {anchor!r} with different numbers of tokens "
+            f"({shapes}); their probabilities cannot be read as one next token"
+        )
     targets = [c[common] for c in conts]
     if len(set(targets)) != len(targets):
         raise ValueError(f"the labels {labels} do not map to distinct tokens after {anchor!r}")
@@ -148,7 +151,7 @@ def _before_score(judgment: str) -> str:
     judgment cut off right there ends), or all of it plus a line break."""
     matches = list(_SCORE_ANCHOR.finditer(judgment))
     if matches:
-        return judgment[:matches[-1].start()]
+        return judgment[: matches[-1].start()]
     return judgment.rstrip() + "\n"
 
 
@@ -161,14 +164,16 @@ def candidate_scores(result: dict, scoring: str) -> dict:
     expected = round(sum(exp) / len(exp), 4) if exp else None
     if scoring == "expected" and "expected_scores" not in result:
         raise ValueError("scoring='expected' needs judgments read with expected=True")
-    return {"sampled_score": sampled, "expected_score": expected,
-            "score": expected if scoring == "expected" else sampled}
+    return {
+        "sampled_score": sampled,
+        "expected_score": expected,
+        "score": expected if scoring == "expected" else sampled,
+    }
 
 
 # "Winner: A", "**Winner:** B", "winner : tie", "Winner: **A**."
 _WINNER = re.compile(r"winner\s*\**\s*:", re.IGNORECASE)
 _VERDICT = re.compile(r"[\s*_\[(\"'`]*(a|b|tie)(?![a-z0-9])([^\n]*)", re.IGNORECASE)
-
 
 
 def parse_verdict(text: str) -> str | None:

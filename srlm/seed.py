@@ -7,6 +7,7 @@ Three sources, one output schema:
   data and its evaluation);
 - jsonl: the user's own files in the builtin schema.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ def load_ranked(path) -> list[dict]:
             ranks.append(x["rank"])
         if len(set(ranks)) < 2:
             raise DataError(f"{where}: all responses have the same rank; nothing to learn from")
-        out.append({"id": r["id"], "instruction": r["instruction"], "category": r.get("category", ""),
-                    "responses": [{"text": x["text"], "rank": x["rank"]} for x in resps]})
+        out.append(
+            {
+                "id": r["id"],
+                "instruction": r["instruction"],
+                "category": r.get("category", ""),
+                "responses": [{"text": x["text"], "rank": x["rank"]} for x in resps],
+            }
+        )
     return out
 
 
@@ -52,8 +59,10 @@ def load_gold(path, allow_empty: bool = False) -> list[dict]:
     for i, r in enumerate(read_jsonl(path, GOLD, allow_empty=allow_empty), 1):
         parsed = parse_score(r["judgment"])
         if parsed.score != r["score"]:
-            raise DataError(f"{path}: record {i} (id {r['id']!r}): judgment must end with 'Score: {r['score']}' "
-                            f"matching the score field (parsed: {parsed.status}, {parsed.score})")
+            raise DataError(
+                f"{path}: record {i} (id {r['id']!r}): judgment must end with 'Score: {r['score']}' "
+                f"matching the score field (parsed: {parsed.status}, {parsed.score})"
+            )
         out.append({k: r[k] for k in GOLD})
     return out
 
@@ -80,19 +89,29 @@ def load_oasst1(name_or_path: str) -> tuple[list[dict], list[dict]]:
     for r in rows:
         if r["role"] == "assistant" and r["parent_id"] in by_id and not r.get("deleted", False):
             replies[r["parent_id"]].append(r)
-    firsts = [r for r in rows if r["parent_id"] is None and r["role"] == "prompter" and r["lang"] == "en"
-              and not r.get("deleted", False)]
+    firsts = [
+        r
+        for r in rows
+        if r["parent_id"] is None and r["role"] == "prompter" and r["lang"] == "en" and not r.get("deleted", False)
+    ]
     firsts.sort(key=lambda r: r["message_id"])
     ift, ranked = [], []
     for p in firsts:
-        ranked_replies = sorted((x for x in replies[p["message_id"]] if x.get("rank") is not None),
-                                key=lambda x: x["rank"])
+        ranked_replies = sorted(
+            (x for x in replies[p["message_id"]] if x.get("rank") is not None), key=lambda x: x["rank"]
+        )
         rid = f"oasst-{p['message_id']}"
         if ranked_replies and ranked_replies[0]["rank"] == 0:
             ift.append({"id": rid, "instruction": p["text"], "response": ranked_replies[0]["text"], "category": ""})
         if len(ranked_replies) >= 2 and len({x["rank"] for x in ranked_replies}) >= 2:
-            ranked.append({"id": rid, "instruction": p["text"], "category": "",
-                           "responses": [{"text": x["text"], "rank": int(x["rank"])} for x in ranked_replies]})
+            ranked.append(
+                {
+                    "id": rid,
+                    "instruction": p["text"],
+                    "category": "",
+                    "responses": [{"text": x["text"], "rank": int(x["rank"])} for x in ranked_replies],
+                }
+            )
     if not ift:
         raise DataError(f"{name_or_path}: no English first-turn prompt with a rank-0 reply")
     return ift, ranked
@@ -113,8 +132,7 @@ def sft_pairs(ift_path, eft_path, max_ift: int, max_eft: int, seed: int) -> tupl
     prompt of Figure 2 -> the judgment), each subset seeded, shuffled together; and their counts.
     The positive-only variant adds its curated examples to exactly this."""
     ift = limit(load_ift(ift_path), max_ift, seed)
-    eft = limit(read_jsonl(eft_path, EFT, allow_empty=True),
-                max_eft, seed)
+    eft = limit(read_jsonl(eft_path, EFT, allow_empty=True), max_eft, seed)
     pairs = [(r["instruction"], r["response"]) for r in ift]
     pairs += [(judge_prompt(r["instruction"], r["response"]), r["judgment"]) for r in eft]
     random.Random(seed).shuffle(pairs)

@@ -1,4 +1,5 @@
 """What every stage script shares: params, threads, logging, and errors that read as messages."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
         parser.add_argument("--matchup", required=True, help="a key of evaluation.matchups in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_threads()
@@ -48,8 +52,10 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
         if needs_iteration:
             key = str(args.iteration)
             if key not in {str(k) for k in params.iterations}:
-                raise ConfigError(f"params.yaml: iteration {key!r} is not in iterations "
-                                  f"({', '.join(map(str, params.iterations)) or 'none'})")
+                raise ConfigError(
+                    f"params.yaml: iteration {key!r} is not in iterations "
+                    f"({', '.join(map(str, params.iterations)) or 'none'})"
+                )
             it = {str(k): v for k, v in params.iterations.items()}[key]
             run(params, key, it)
         elif needs == "model":
@@ -68,9 +74,12 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
-        print(f"error: no room to write {e.filename or 'an output'} ({e.strerror}). Nothing half-written was "
-              f"left; free some space (or raise the quota) and rerun `dvc repro`: finished work in .srlm/progress "
-              f"is reused.", file=sys.stderr)
+        print(
+            f"error: no room to write {e.filename or 'an output'} ({e.strerror}). Nothing half-written was "
+            f"left; free some space (or raise the quota) and rerun `dvc repro`: finished work in .srlm/progress "
+            f"is reused.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: outputs were left as they were; rerun `dvc repro` to resume", file=sys.stderr)
@@ -144,8 +153,20 @@ def generator(params, model: str | Path, name: str):
     gen, trust = params.generation, params.model.trust_remote_code
     model_dir = model if isinstance(model, Path) else artifacts.model_dir(model)
     tokenizer = load_tokenizer(model_dir, trust)
-    progress = work_dir(name, {"generation": section_dict(gen), "model": str(model), "trust_remote_code": trust},
-                        [model_dir])
-    return ResumableGenerator(lambda: make_generator(gen.backend, model_dir, gen.batch_size, gen.dtype, trust,
-                                                     gen.tensor_parallel_size, gen.gpu_memory_utilization),
-                              tokenizer, progress, gen.shard_size)
+    progress = work_dir(
+        name, {"generation": section_dict(gen), "model": str(model), "trust_remote_code": trust}, [model_dir]
+    )
+    return ResumableGenerator(
+        lambda: make_generator(
+            gen.backend,
+            model_dir,
+            gen.batch_size,
+            gen.dtype,
+            trust,
+            gen.tensor_parallel_size,
+            gen.gpu_memory_utilization,
+        ),
+        tokenizer,
+        progress,
+        gen.shard_size,
+    )

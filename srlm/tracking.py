@@ -5,6 +5,7 @@ queued and --temp experiments); set MLFLOW_TRACKING_URI to use a server. Each st
 with its stage, iteration, git commit and DVC experiment, and every model gets an MLflow LoggedModel
 entry that records its lineage (weights stay in DVC).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,7 @@ def tracking_uri() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -85,8 +85,14 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
         return
     import mlflow
 
-    mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+    mlflow.log_metrics(
+        {
+            k.replace("@", "_"): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        step=step,
+    )
 
 
 def log_artifact(path: str | Path) -> None:
@@ -106,10 +112,18 @@ def record_model(name: str, model_dir: str | Path, lineage: dict) -> None:
     if run is None:
         return
     weights = sorted(Path(model_dir).glob("*.safetensors"))
-    tags = {"path": str(model_dir), "git_commit": git_commit(),
-            "weights_sha256": ",".join(file_sha256(w)[:16] for w in weights)}
-    mlflow.create_external_model(name=name, source_run_id=run.info.run_id, model_type="causal-lm",
-                                 tags=tags, params={k: str(v)[:500] for k, v in _flatten(lineage).items()})
+    tags = {
+        "path": str(model_dir),
+        "git_commit": git_commit(),
+        "weights_sha256": ",".join(file_sha256(w)[:16] for w in weights),
+    }
+    mlflow.create_external_model(
+        name=name,
+        source_run_id=run.info.run_id,
+        model_type="causal-lm",
+        tags=tags,
+        params={k: str(v)[:500] for k, v in _flatten(lineage).items()},
+    )
     mlflow.log_dict(lineage | {"model": name, **tags}, "lineage.json")
 
 

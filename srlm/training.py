@@ -6,6 +6,7 @@ the main process writes outputs, metrics and the MLflow run. Trainer checkpoints
 directory keyed by everything the result depends on, so an interrupted stage resumes from its last
 complete checkpoint and never from a stale one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,14 +34,19 @@ SAVE_TOTAL_LIMIT = 2  # the newest checkpoint, and the one before in case the ne
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
 
-def checkpoint_dir(stage: str, tracked: dict, model_dir: str | Path, examples: list[dict],
-                   dist: DistributedConfig) -> Path:
+
+def checkpoint_dir(
+    stage: str, tracked: dict, model_dir: str | Path, examples: list[dict], dist: DistributedConfig
+) -> Path:
     """A training stage's checkpoint folder (srlm.progress.work_dir), keyed by what its result depends on: the
     stage's tracked params, the exact training examples, the start model's files, this module's and srlm.cream's
     code and the process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
     digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    key = tracked | {"examples": digest, "code": [file_sha256(__file__), file_sha256(cream.__file__)],
-                     "processes": [dist.num_processes, dist.num_machines]}
+    key = tracked | {
+        "examples": digest,
+        "code": [file_sha256(__file__), file_sha256(cream.__file__)],
+        "processes": [dist.num_processes, dist.num_machines],
+    }
     return progress.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
 
 
@@ -112,8 +118,10 @@ def _train(trainer):
 
 # --- shared by SFT and DPO ----------------------------------------------------------------------------------------
 
-def fit_to_max_length(examples: list[dict], tokenizer, model_config, max_length: int,
-                      section: str) -> tuple[list[dict], dict]:
+
+def fit_to_max_length(
+    examples: list[dict], tokenizer, model_config, max_length: int, section: str
+) -> tuple[list[dict], dict]:
     """Check the examples against `<section>.max_length` before any training step.
 
     - max_length beyond the model's context: an error (the model cannot attend that far).
@@ -123,8 +131,10 @@ def fit_to_max_length(examples: list[dict], tokenizer, model_config, max_length:
     """
     context = context_length(model_config)
     if context and max_length > context:
-        raise ConfigError(f"params.yaml: {section}.max_length = {max_length} is longer than the model's context "
-                          f"of {context} tokens; set {section}.max_length to {context} or less")
+        raise ConfigError(
+            f"params.yaml: {section}.max_length = {max_length} is longer than the model's context "
+            f"of {context} tokens; set {section}.max_length to {context} or less"
+        )
 
     def length(messages, generation_prompt=False):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -142,15 +152,29 @@ def fit_to_max_length(examples: list[dict], tokenizer, model_config, max_length:
     dropped = len(examples) - len(kept)
     fix = f"raise {section}.max_length" + (f" (the model's context is {context} tokens)" if context else "")
     if not kept:
-        raise DataError(f"every one of the {len(examples)} training examples has a prompt of at least "
-                        f"{section}.max_length = {max_length} tokens (the longest is {max(prompt_lengths)}), so "
-                        f"nothing is left to learn from; {fix}")
+        raise DataError(
+            f"every one of the {len(examples)} training examples has a prompt of at least "
+            f"{section}.max_length = {max_length} tokens (the longest is {max(prompt_lengths)}), so "
+            f"nothing is left to learn from; {fix}"
+        )
     if dropped and is_main_process():
-        log.warning("%d of %d examples dropped: their prompt alone fills %s.max_length = %d tokens; %s",
-                    dropped, len(examples), section, max_length, fix)
+        log.warning(
+            "%d of %d examples dropped: their prompt alone fills %s.max_length = %d tokens; %s",
+            dropped,
+            len(examples),
+            section,
+            max_length,
+            fix,
+        )
     if truncated and is_main_process():
-        log.warning("%d of %d examples are longer than %s.max_length = %d tokens and lose the end of their "
-                    "response; %s", truncated, len(examples), section, max_length, fix)
+        log.warning(
+            "%d of %d examples are longer than %s.max_length = %d tokens and lose the end of their response; %s",
+            truncated,
+            len(examples),
+            section,
+            max_length,
+            fix,
+        )
     return kept, {"dropped_too_long": dropped, "truncated": truncated}
 
 
@@ -186,8 +210,13 @@ def _peft_config(cfg: TrainConfig):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def _section(cfg: TrainConfig) -> str:
@@ -211,21 +240,33 @@ def _schedule(cfg: TrainConfig) -> dict:
     DPO 1e-6 -> 1e-7): transformers' polynomial schedule with power 1 is exactly that line."""
     if not cfg.final_learning_rate:
         return {"lr_scheduler_type": "linear"}
-    return {"lr_scheduler_type": "polynomial",
-            "lr_scheduler_kwargs": {"lr_end": cfg.final_learning_rate, "power": 1.0}}
+    return {"lr_scheduler_type": "polynomial", "lr_scheduler_kwargs": {"lr_end": cfg.final_learning_rate, "power": 1.0}}
 
 
 def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
     return dict(
-        output_dir=str(work_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length, **_schedule(cfg),
-        logging_steps=1, report_to=[], seed=seed, data_seed=seed,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=max(cfg.save_steps, 1),
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,
+        max_length=cfg.max_length,
+        **_schedule(cfg),
+        logging_steps=1,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=max(cfg.save_steps, 1),
         save_total_limit=SAVE_TOTAL_LIMIT,
-        use_cpu=not torch.cuda.is_available(), **_precision(cfg.precision),
-        dataloader_num_workers=0, disable_tqdm=False, log_level="warning",
-        logging_first_step=True, gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        **_precision(cfg.precision),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        log_level="warning",
+        logging_first_step=True,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
@@ -260,8 +301,11 @@ def _summary(trainer, result) -> dict:
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     # The mean of the per-step losses: unlike result.training_loss, the same after a resume.
     train_loss = sum(e["loss"] for e in logs) / len(logs) if logs else float(result.training_loss)
-    out = {"train_loss": float(train_loss), "steps": int(trainer.state.global_step),
-           "train_runtime_s": float(result.metrics.get("train_runtime", 0.0))}
+    out = {
+        "train_loss": float(train_loss),
+        "steps": int(trainer.state.global_step),
+        "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+    }
     if logs:
         out["final_loss"] = float(logs[-1]["loss"])
         out["first_loss"] = float(logs[0]["loss"])
@@ -275,12 +319,21 @@ def _summary(trainer, result) -> dict:
 
 def sft_examples(pairs: list[tuple[str, str]]) -> list[dict]:
     """(prompt, target) -> TRL's conversational prompt/completion rows: loss on the target only."""
-    return [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
-            for p, c in pairs]
+    return [
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+        for p, c in pairs
+    ]
 
 
-def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], cfg: TrainConfig,
-              seed: int, work_dir: str | Path, trust_remote_code: bool = False) -> dict:
+def train_sft(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    examples: list[dict],
+    cfg: TrainConfig,
+    seed: int,
+    work_dir: str | Path,
+    trust_remote_code: bool = False,
+) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -289,11 +342,17 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
     examples, fit = fit_to_max_length(examples, tok, model.config, cfg.max_length, _section(cfg))
     # Judge examples are ~4x longer than IFT ones: batching by length avoids padding IFT to them.
-    args = SFTConfig(**_common_args(cfg, Path(work_dir), seed), completion_only_loss=True,
-                     train_sampling_strategy="group_by_length")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tok, peft_config=_peft_config(cfg),
-                         callbacks=[MlflowStepLogger("sft"), HoldAfterSave()])
+    args = SFTConfig(
+        **_common_args(cfg, Path(work_dir), seed), completion_only_loss=True, train_sampling_strategy="group_by_length"
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tok,
+        peft_config=_peft_config(cfg),
+        callbacks=[MlflowStepLogger("sft"), HoldAfterSave()],
+    )
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"examples": len(examples)} | fit
@@ -301,14 +360,27 @@ def train_sft(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
 
 def dpo_examples(pairs: list[dict]) -> list[dict]:
     """Pairs -> TRL's conversational preference rows, with CREAM's `consistency` when the pairs have one."""
-    return [{"prompt": [{"role": "user", "content": p["prompt"]}],
-             "chosen": [{"role": "assistant", "content": p["chosen"]}],
-             "rejected": [{"role": "assistant", "content": p["rejected"]}]}
-            | ({"consistency": float(p["consistency"])} if "consistency" in p else {}) for p in pairs]
+    return [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        | ({"consistency": float(p["consistency"])} if "consistency" in p else {})
+        for p in pairs
+    ]
 
 
-def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], cfg: DpoConfig,
-              seed: int, work_dir: str | Path, trust_remote_code: bool = False, consistency: str = "none") -> dict:
+def train_dpo(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    examples: list[dict],
+    cfg: DpoConfig,
+    seed: int,
+    work_dir: str | Path,
+    trust_remote_code: bool = False,
+    consistency: str = "none",
+) -> dict:
     """DPO from `model_dir`. consistency: "none" = plain sigmoid DPO; "dynamic" = CREAM with each pair's own C;
     "average" = CREAM with the dataset's mean C on every pair."""
     from datasets import Dataset
@@ -322,8 +394,10 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
     if consistency != "none":
         cs = [e.get("consistency") for e in examples]
         if any(c is None for c in cs):
-            raise ValueError(f"consistency={consistency!r} needs a 'consistency' value on every pair; "
-                             f"{sum(c is None for c in cs)} of {len(cs)} have none")
+            raise ValueError(
+                f"consistency={consistency!r} needs a 'consistency' value on every pair; "
+                f"{sum(c is None for c in cs)} of {len(cs)} have none"
+            )
         bad = [c for c in cs if not 0.0 <= c <= 1.0]  # also catches NaN
         if bad:
             raise ValueError(f"consistency values must lie in [0, 1]; got e.g. {bad[:3]}")
@@ -333,15 +407,20 @@ def train_dpo(model_dir: str | Path, out_dir: str | Path, examples: list[dict], 
         extra["consistency_mean"] = sum(e["consistency"] for e in examples) / len(examples)
         if consistency == "average":
             examples = [e | {"consistency": extra["consistency_mean"]} for e in examples]
-    args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta,
-                     loss_type=["sigmoid"])
+    args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta, loss_type=["sigmoid"])
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
     # i.e. M_t itself: no second copy of the weights.
     ref = None if cfg.lora.enabled else load_model(model_dir, trust_remote_code=trust_remote_code)[0]
     trainer_cls = DPOTrainer if consistency == "none" else cream.CreamDPOTrainer
-    trainer = trainer_cls(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(examples),
-                          processing_class=tok, peft_config=_peft_config(cfg),
-                          callbacks=[MlflowStepLogger("dpo"), HoldAfterSave()])
+    trainer = trainer_cls(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tok,
+        peft_config=_peft_config(cfg),
+        callbacks=[MlflowStepLogger("dpo"), HoldAfterSave()],
+    )
     result = _train(trainer)
     _save(trainer, tok, Path(out_dir), Path(model_dir), cfg, trust_remote_code)
     return _summary(trainer, result) | {"pairs": len(examples)} | extra | fit

@@ -1,5 +1,6 @@
 """answer@<model>: the model's response to each held-out prompt (greedy unless
 evaluation.temperature > 0), also exported in AlpacaEval's model_outputs format."""
+
 import json
 
 from srlm import artifacts, seed, stage
@@ -10,8 +11,16 @@ from srlm.sampling import SamplingParams
 from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
-PARAMS = ["seed", "generation", "evaluation.prompts", "evaluation.temperature", "evaluation.top_p",
-          "evaluation.max_new_tokens", "model.trust_remote_code"]
+PARAMS = [
+    "seed",
+    "generation",
+    "evaluation.prompts",
+    "evaluation.temperature",
+    "evaluation.top_p",
+    "evaluation.max_new_tokens",
+    "model.trust_remote_code",
+]
+
 
 def run(params, model):
     ev = params.evaluation

@@ -1,5 +1,6 @@
 """build_eft: the SFT baseline judges the ranked train responses; judgments whose scores agree
 with the human ranking become EFT data (plus the gold judgments when eft.include_gold)."""
+
 from srlm import artifacts, seed, stage
 from srlm.config import derive_seed
 from srlm.judging import build_eft
@@ -8,6 +9,7 @@ from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "eft", "generation", "model.trust_remote_code"]
+
 
 def run(params):
     cfg = params.eft
@@ -20,12 +22,23 @@ def run(params):
             examples, metrics = build_eft(generator, ranked, sampling)
         gold = []
         if cfg.include_gold:
-            gold = [{"id": g["id"], "instruction": g["instruction"], "response": g["response"],
-                     "judgment": g["judgment"], "score": g["score"], "source": "gold"}
-                    for g in seed.load_gold(artifacts.GOLD_TRAIN, allow_empty=True)]
+            gold = [
+                {
+                    "id": g["id"],
+                    "instruction": g["instruction"],
+                    "response": g["response"],
+                    "judgment": g["judgment"],
+                    "score": g["score"],
+                    "source": "gold",
+                }
+                for g in seed.load_gold(artifacts.GOLD_TRAIN, allow_empty=True)
+            ]
         artifacts.EFT_TRAIN.write(examples + gold)
-        write_metrics(artifacts.metrics("build_eft"), metrics | {
-            "eft_from_baseline": len(examples), "eft_gold": len(gold), "eft_total": len(examples) + len(gold)})
+        write_metrics(
+            artifacts.metrics("build_eft"),
+            metrics
+            | {"eft_from_baseline": len(examples), "eft_gold": len(gold), "eft_total": len(examples) + len(gold)},
+        )
         if cfg.attempts and ranked:
             generator.clear()
 

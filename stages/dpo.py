@@ -2,6 +2,7 @@
 the loss is CREAM's consistency-regularized DPO, weighted by each pair's C. With pairs.mode=positive,
 the paper's "positive examples only" variant instead: the responses scored 5 are added to the seed
 IFT + EFT data and M0 is fine-tuned on them with the sft params, as M1 was."""
+
 import random
 
 from srlm import artifacts, seed, stage
@@ -12,6 +13,7 @@ from srlm.training import checkpoint_dir, dpo_examples, sft_examples, train_dpo,
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "dpo", "sft", "method", "cream.loss", "distributed", "model.trust_remote_code"]
+
 
 def run(params, key, it):
     distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
@@ -25,8 +27,13 @@ def run(params, key, it):
         extra = {}
         if positive:
             src, train = artifacts.model_dir("m0"), train_sft
-            pairs, extra = seed.sft_pairs(artifacts.IFT_TRAIN, artifacts.EFT_TRAIN, cfg.max_ift_examples,
-                                          cfg.max_eft_examples, derive_seed(params.seed, "subset"))
+            pairs, extra = seed.sft_pairs(
+                artifacts.IFT_TRAIN,
+                artifacts.EFT_TRAIN,
+                cfg.max_ift_examples,
+                cfg.max_eft_examples,
+                derive_seed(params.seed, "subset"),
+            )
             pairs += [(r["prompt"], r["response"]) for r in rows]
             random.Random(derive_seed(params.seed, "dpo", key)).shuffle(pairs)
             examples, extra["positives"] = sft_examples(pairs), len(rows)
@@ -37,8 +44,15 @@ def run(params, key, it):
         metrics = train(src, dst, examples, cfg, work_dir=work, **common)
         if is_main_process():
             write_metrics(artifacts.iteration_metrics(key, "dpo"), metrics | extra | {"mode": rows[0]["kind"]})
-            record_model(it["next"], dst, {"iteration": int(key) + 1, "parent": "m0" if positive else it["model"],
-                                           "data": data_hashes(artifacts.pairs(key))})
+            record_model(
+                it["next"],
+                dst,
+                {
+                    "iteration": int(key) + 1,
+                    "parent": "m0" if positive else it["model"],
+                    "data": data_hashes(artifacts.pairs(key)),
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """eval_judge@<model>: the model judges every response of the held-out ranked sets; agreement with
 the human ranks (pairwise accuracy, 5-best, exact match, Spearman, Kendall) for both readouts."""
+
 from srlm import artifacts, seed, stage
 from srlm.config import derive_seed
 from srlm.evaluation import judge_ranked_sets
@@ -8,6 +9,7 @@ from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
 PARAMS = ["seed", "judge", "generation", "evaluation.ranked_sets", "model.trust_remote_code"]
+
 
 def run(params, model):
     cfg, ev = params.judge, params.evaluation

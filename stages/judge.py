@@ -1,4 +1,5 @@
 """judge@t: M_t scores each candidate with the paper's rubric, judge.samples judgments averaged."""
+
 from srlm import artifacts, stage
 from srlm.config import derive_seed
 from srlm.judging import judge_candidates

@@ -1,6 +1,7 @@
 """judge_prev@t (CREAM): the previous model M_{t-1} scores the same candidates M_t judged, so
 that pairs@t can measure how consistent the two rankings are. With method=srlm it writes an
 empty file and does no work."""
+
 from srlm import artifacts, stage
 from srlm.config import derive_seed
 from srlm.judging import judge_candidates
@@ -23,8 +24,9 @@ def run(params, key, it):
         sampling = SamplingParams.of(cfg, n=cfg.samples, seed=derive_seed(params.seed, "judge", key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring, desc=f"judge by {it['prev']}")
         artifacts.judgments_prev(key).write(rows)
-        write_metrics(artifacts.iteration_metrics(key, "judge_prev"),
-                      metrics | {"method": params.method, "model": it["prev"]})
+        write_metrics(
+            artifacts.iteration_metrics(key, "judge_prev"), metrics | {"method": params.method, "model": it["prev"]}
+        )
         generator.clear()
 
 

@@ -2,6 +2,7 @@
 dropped unless pairs.tie_break says otherwise; a candidate cut off by the token limit is never
 chosen), or the positive-only variant's responses scored 5. With method=cream each pair also gets the consistency C
 between M_t's and M_{t-1}'s rankings of its prompt's candidates."""
+
 from statistics import mean
 
 from srlm import artifacts, stage
@@ -30,29 +31,42 @@ def run(params, key, it):
         if cfg.mode == "preference":
             # tie_break: other_readout lets the readout not used for `score` decide ties (opt-in).
             other = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
-            rows, counts = select_pairs(judged, cfg.min_valid, other if cfg.tie_break == "other_readout" else None,
-                                        cfg.length_margin if cfg.length_control else None, cfg.truncated_chosen)
+            rows, counts = select_pairs(
+                judged,
+                cfg.min_valid,
+                other if cfg.tie_break == "other_readout" else None,
+                cfg.length_margin if cfg.length_control else None,
+                cfg.truncated_chosen,
+            )
         else:
             rows, counts = select_positives(judged, params.judge.scoring, truncated=cfg.truncated_chosen)
         scored_rate = sum(r.get("score") is not None for r in judged) / len(judged)
         if not rows:
-            raise DataError(f"pairs@{key}: no usable training data from {len(judged)} judged candidates "
-                            f"({dict(counts)}; {scored_rate:.0%} of candidates got a valid score). "
-                            f"Check {source.path}: the judge may not be producing 'Score: N'.")
+            raise DataError(
+                f"pairs@{key}: no usable training data from {len(judged)} judged candidates "
+                f"({dict(counts)}; {scored_rate:.0%} of candidates got a valid score). "
+                f"Check {source.path}: the judge may not be producing 'Score: N'."
+            )
         metrics = dict(counts) | {"mode": cfg.mode, "scored_rate": scored_rate, "method": params.method}
         if cfg.mode == "preference":
-            metrics |= {"chosen_chars_mean": mean(len(r["chosen"]) for r in rows),
-                        "rejected_chars_mean": mean(len(r["rejected"]) for r in rows),
-                        "longer_chosen_rate": longer_wins_rate(
-                            [(r["chosen_score"], r["rejected_score"], len(r["chosen"]), len(r["rejected"]))
-                             for r in rows])}
+            metrics |= {
+                "chosen_chars_mean": mean(len(r["chosen"]) for r in rows),
+                "rejected_chars_mean": mean(len(r["rejected"]) for r in rows),
+                "longer_chosen_rate": longer_wins_rate(
+                    [(r["chosen_score"], r["rejected_score"], len(r["chosen"]), len(r["rejected"])) for r in rows]
+                ),
+            }
             if params.method == "cream":
                 prev = source_prev.read()
                 _check_scores(prev, source_prev.path)
                 rows, c_counts = attach_consistency(rows, judged, prev, params.cream.consistency)
                 cs = sorted(r["consistency"] for r in rows)
-                metrics |= dict(c_counts) | {"consistency_mean": mean(cs), "consistency_min": cs[0],
-                                             "consistency_median": cs[len(cs) // 2], "consistency_max": cs[-1]}
+                metrics |= dict(c_counts) | {
+                    "consistency_mean": mean(cs),
+                    "consistency_min": cs[0],
+                    "consistency_median": cs[len(cs) // 2],
+                    "consistency_max": cs[-1],
+                }
         out.write([r | {"kind": cfg.mode} for r in rows])
         log_artifact(out.path)
         write_metrics(artifacts.iteration_metrics(key, "pairs"), metrics)

@@ -1,4 +1,5 @@
 """prepare_model: resolve model.base to a trainable checkpoint in models/m0."""
+
 from srlm import artifacts, stage
 from srlm.io import atomic_dir
 from srlm.modeling import prepare_base_model

@@ -1,5 +1,6 @@
 """report: reports/report.md with the paper's Table 2 and Figure 3 for every model, what each
 iteration did, and the figures; CSV tables in reports/plots/ for `dvc plots`."""
+
 from srlm import artifacts, stage
 from srlm.report import write_report
 from srlm.tracking import log_artifact, stage_run

@@ -1,4 +1,5 @@
 """sample@t: N candidate responses per prompt from M_t."""
+
 from statistics import mean
 
 from srlm import artifacts, stage
@@ -18,12 +19,17 @@ def run(params, key, it):
         sampling = SamplingParams.of(cfg, n=cfg.n, seed=derive_seed(params.seed, "sample", key))
         rows = sample_responses(generator, prompts, sampling)
         artifacts.candidates(key).write(rows)
-        write_metrics(artifacts.iteration_metrics(key, "sample"), {
-            "prompts": len(prompts), "candidates": len(rows),
-            "mean_response_chars": mean(len(r["response"]) for r in rows),
-            "mean_response_tokens": mean(r["num_tokens"] for r in rows),
-            "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows),
-            "empty_responses": sum(not r["response"] for r in rows)})
+        write_metrics(
+            artifacts.iteration_metrics(key, "sample"),
+            {
+                "prompts": len(prompts),
+                "candidates": len(rows),
+                "mean_response_chars": mean(len(r["response"]) for r in rows),
+                "mean_response_tokens": mean(r["num_tokens"] for r in rows),
+                "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows),
+                "empty_responses": sum(not r["response"] for r in rows),
+            },
+        )
         generator.clear()
 
 

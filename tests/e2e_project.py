@@ -1,4 +1,5 @@
 """Helpers to run the real DVC pipeline in a throwaway copy of the project on the tiny model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,16 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Small sizes, and learning rates low enough that the tiny model keeps writing `Score: N`.
 TINY_PARAMS = {
-    "sft": {"max_ift_examples": 8, "max_eft_examples": 4, "batch_size": 4, "grad_accum": 1, "max_length": 1024,
-            "learning_rate": 1e-5},
+    "sft": {
+        "max_ift_examples": 8,
+        "max_eft_examples": 4,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_length": 1024,
+        "learning_rate": 1e-5,
+    },
     "eft": {"max_sets": 3, "attempts": 2, "max_new_tokens": 12},
     "gen_prompts": {"num_prompts": 3, "shots": 3, "max_new_tokens": 16, "min_words": 1},
     "sample": {"max_new_tokens": 12},
     "judge": {"max_new_tokens": 12},
     "dpo": {"batch_size": 2, "grad_accum": 1, "max_length": 1024, "learning_rate": 1e-5},
     "generation": {"batch_size": 16},
-    "evaluation": {"models": ["sft_baseline", "m3"], "ranked_sets": 3, "prompts": 3, "max_new_tokens": 12,
-                   "verdict_max_new_tokens": 12},
+    "evaluation": {
+        "models": ["sft_baseline", "m3"],
+        "ranked_sets": 3,
+        "prompts": 3,
+        "max_new_tokens": 12,
+        "verdict_max_new_tokens": 12,
+    },
 }
 TINY_MATCHUPS = {"m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"}}
 
@@ -39,8 +51,13 @@ def deep_update(d: dict, u: dict) -> dict:
 
 def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
     """Copy the tracked project files into `dest`, make it a git+DVC repo, point it at the tiny model."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         src = ROOT / f
         if src.is_file() and not f.startswith("tests/"):
@@ -75,8 +92,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
     return p
 
 
-def start_and_kill(cmd: list[str], cwd: Path, sig: int | None, hold_after: int, while_held=None, timeout: float = 300,
-                   **extra_env: str) -> subprocess.CompletedProcess:
+def start_and_kill(
+    cmd: list[str], cwd: Path, sig: int | None, hold_after: int, while_held=None, timeout: float = 300, **extra_env: str
+) -> subprocess.CompletedProcess:
     """Start `cmd` in its own process group, held (srlm.progress.hold_point) right after its `hold_after`-th
     progress shard or checkpoint; call `while_held()`, send `sig` to the group (None: release the hold
     instead), and wait for every process of it to end (the pipes close). States, not timing: the signal
@@ -85,8 +103,15 @@ def start_and_kill(cmd: list[str], cwd: Path, sig: int | None, hold_after: int, 
     hold = Path(tempfile.mkdtemp(prefix="srlm-hold-")) / "hold"
     hold.touch()
     ready = Path(f"{hold}.ready")
-    p = subprocess.Popen(cmd, cwd=cwd, env=env(SRLM_TEST_HOLD=f"{hold}:{hold_after}", **extra_env),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env(SRLM_TEST_HOLD=f"{hold}:{hold_after}", **extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     what, out, err = " ".join(cmd[1:]), "", ""
     try:
         deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """Every instruction a pipeline trains on against every one it evaluates on, by the full comparison of
 every pair (not the index the split and the prompt filter use)."""
+
 import difflib
 import json
 from pathlib import Path
@@ -7,8 +8,16 @@ from pathlib import Path
 from srlm import artifacts
 from srlm.prompts import NEAR_DUPLICATE, normalize
 
-TRAINING = [str(a) for a in (artifacts.IFT_TRAIN, artifacts.RANKED_TRAIN, artifacts.GOLD_TRAIN, artifacts.EFT_TRAIN,
-                             artifacts.prompts("*"))]  # data/it*/prompts.jsonl: every iteration's
+TRAINING = [
+    str(a)
+    for a in (
+        artifacts.IFT_TRAIN,
+        artifacts.RANKED_TRAIN,
+        artifacts.GOLD_TRAIN,
+        artifacts.EFT_TRAIN,
+        artifacts.prompts("*"),
+    )
+]  # data/it*/prompts.jsonl: every iteration's
 EVALUATION = [str(artifacts.seed_set(name, "eval")) for name in ("ift", "ranked", "gold")]
 
 

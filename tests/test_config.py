@@ -10,45 +10,58 @@ def test_shipped_params_parse_with_paper_defaults():
     assert p.judge.samples == 3 and p.dpo.beta == 0.1 and p.gen_prompts.shots == 8
     assert list(p.iterations) == ["1", "2"] and p.iterations["2"] == {"prev": "m1", "model": "m2", "next": "m3"}
     assert p.method == "srlm" and "m3_vs_m2" in p.evaluation.matchups
-    assert p.iterations["1"]["prev"] == "m0"                  # CREAM's code: M1's predecessor
-    assert p.pairs.tie_break == "none" and not p.pairs.truncated_chosen   # the paper drops ties
+    assert p.iterations["1"]["prev"] == "m0"  # CREAM's code: M1's predecessor
+    assert p.pairs.tie_break == "none" and not p.pairs.truncated_chosen  # the paper drops ties
     # the default head-to-head judge is no side of any matchup and trained from none of them
     assert p.evaluation.judge == "models/m0"
-    assert all(judge_conflict(p.evaluation.judge, m["a"], m["b"], p.iterations) is None
-               for m in p.evaluation.matchups.values())
+    assert all(
+        judge_conflict(p.evaluation.judge, m["a"], m["b"], p.iterations) is None for m in p.evaluation.matchups.values()
+    )
 
 
-@pytest.mark.parametrize("data,needle", [
-    ({"judge": {"sampels": 3}}, "did you mean 'samples'"),
-    ({"judgee": {}}, "did you mean 'judge'"),
-    ({"judge": {"samples": 0}}, "judge.samples = 0 must be > 0"),
-    ({"judge": {"samples": 2.5}}, "judge.samples should be an integer"),
-    ({"sample": {"top_p": 1.5}}, "between 0 and 1"),
-    ({"pairs": {"mode": "pairwise"}}, "choose one of 'preference', 'positive'"),
-    ({"model": {"trust_remote_code": "yes"}}, "true or false"),
-    ({"iterations": {"1": {"prev": "m0", "model": "m2", "next": "m3"}}}, "iterations.1 should have model: m1"),
-    ({"iterations": {"2": {"prev": "m0", "model": "m1", "next": "m2"}}}, "keys must be 1, 2"),
-    ({"iterations": {"1": {"model": "m1", "next": "m2"}}}, "exactly the keys prev, model and next"),
-    ({"iterations": {"1": {"prev": "m2", "model": "m1", "next": "m2"}}}, "use m0 or sft_baseline"),
-    ({"iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"},
-                     "2": {"prev": "m0", "model": "m2", "next": "m3"}}}, "iterations.2.prev = 'm0'; use m1"),
-    ({"method": "rlhf"}, "choose one of 'srlm', 'cream'"),
-    ({"cream": {"loss": "mean"}}, "choose one of 'dynamic', 'average'"),
-    ({"evaluation": {"models": ["m0", "m5"]}}, "evaluation.models = 'm5' is not a model"),
-    ({"evaluation": {"judge": "models/sft_basline"}}, "neither a model of this pipeline"),
-    ({"evaluation": {"judge": "../judge"}}, "evaluation.judge = '../judge' points outside"),
-    ({"sft": {"learning_rate": 1e-6, "final_learning_rate": 1e-5}}, "sft.final_learning_rate = 1e-05 is above"),
-    ({"pairs": {"tie_break": "expected"}}, "choose one of 'none', 'other_readout'"),
-    ({"cream": {"consistency": "top_bottom"}}, "choose one of 'kendall', 'spearman'"),
-    ({"evaluation": {"models": ["m0", "m1"], "matchups": {"x": {"a": "m1", "b": "sft_baseline"}}}},
-     "matchups.x.b = 'sft_baseline' is not in evaluation.models"),
-    ({"evaluation": {"matchups": {"x": {"a": "m1"}}}}, "exactly the keys a and b"),
-    ({"evaluation": {"models": "m1"}}, "should be a list of names"),
-    ({"evaluation": {"prompts": -1}}, "must be >= 0"),
-    ({"seed_data": {"ift_path": "../../etc/passwd"}}, "seed_data.ift_path = '../../etc/passwd' points outside"),
-    ({"model": {"base": "../other-project/model"}}, "model.base = '../other-project/model' points outside"),
-    ({"gen_prompts": {"model": "../m0"}}, "gen_prompts.model = '../m0' is not a model"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"judge": {"sampels": 3}}, "did you mean 'samples'"),
+        ({"judgee": {}}, "did you mean 'judge'"),
+        ({"judge": {"samples": 0}}, "judge.samples = 0 must be > 0"),
+        ({"judge": {"samples": 2.5}}, "judge.samples should be an integer"),
+        ({"sample": {"top_p": 1.5}}, "between 0 and 1"),
+        ({"pairs": {"mode": "pairwise"}}, "choose one of 'preference', 'positive'"),
+        ({"model": {"trust_remote_code": "yes"}}, "true or false"),
+        ({"iterations": {"1": {"prev": "m0", "model": "m2", "next": "m3"}}}, "iterations.1 should have model: m1"),
+        ({"iterations": {"2": {"prev": "m0", "model": "m1", "next": "m2"}}}, "keys must be 1, 2"),
+        ({"iterations": {"1": {"model": "m1", "next": "m2"}}}, "exactly the keys prev, model and next"),
+        ({"iterations": {"1": {"prev": "m2", "model": "m1", "next": "m2"}}}, "use m0 or sft_baseline"),
+        (
+            {
+                "iterations": {
+                    "1": {"prev": "m0", "model": "m1", "next": "m2"},
+                    "2": {"prev": "m0", "model": "m2", "next": "m3"},
+                }
+            },
+            "iterations.2.prev = 'm0'; use m1",
+        ),
+        ({"method": "rlhf"}, "choose one of 'srlm', 'cream'"),
+        ({"cream": {"loss": "mean"}}, "choose one of 'dynamic', 'average'"),
+        ({"evaluation": {"models": ["m0", "m5"]}}, "evaluation.models = 'm5' is not a model"),
+        ({"evaluation": {"judge": "models/sft_basline"}}, "neither a model of this pipeline"),
+        ({"evaluation": {"judge": "../judge"}}, "evaluation.judge = '../judge' points outside"),
+        ({"sft": {"learning_rate": 1e-6, "final_learning_rate": 1e-5}}, "sft.final_learning_rate = 1e-05 is above"),
+        ({"pairs": {"tie_break": "expected"}}, "choose one of 'none', 'other_readout'"),
+        ({"cream": {"consistency": "top_bottom"}}, "choose one of 'kendall', 'spearman'"),
+        (
+            {"evaluation": {"models": ["m0", "m1"], "matchups": {"x": {"a": "m1", "b": "sft_baseline"}}}},
+            "matchups.x.b = 'sft_baseline' is not in evaluation.models",
+        ),
+        ({"evaluation": {"matchups": {"x": {"a": "m1"}}}}, "exactly the keys a and b"),
+        ({"evaluation": {"models": "m1"}}, "should be a list of names"),
+        ({"evaluation": {"prompts": -1}}, "must be >= 0"),
+        ({"seed_data": {"ift_path": "../../etc/passwd"}}, "seed_data.ift_path = '../../etc/passwd' points outside"),
+        ({"model": {"base": "../other-project/model"}}, "model.base = '../other-project/model' points outside"),
+        ({"gen_prompts": {"model": "../m0"}}, "gen_prompts.model = '../m0' is not a model"),
+    ],
+)
 def test_bad_params_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=None) as e:
         parse_params(data)
@@ -70,8 +83,12 @@ def test_overrides_keep_other_defaults(tmp_path):
 
 
 def test_paths_inside_the_project_or_absolute_are_accepted():
-    p = parse_params({"seed_data": {"ift_path": "data/mine/../mine/ift.jsonl", "ranked_path": "/abs/ranked.jsonl"},
-                      "model": {"base": "HuggingFaceTB/SmolLM2-135M-Instruct"}})
+    p = parse_params(
+        {
+            "seed_data": {"ift_path": "data/mine/../mine/ift.jsonl", "ranked_path": "/abs/ranked.jsonl"},
+            "model": {"base": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        }
+    )
     assert p.seed_data.ranked_path == "/abs/ranked.jsonl"
 
 
@@ -82,7 +99,7 @@ def test_a_judge_that_is_a_side_of_its_matchup_or_descends_from_one_is_flagged()
     assert judge_conflict("models/m2", "m1", "sft_baseline", its) == "the judge (m2) is trained from m1"
     assert judge_conflict("models/sft_baseline", "m2", "m1", its) is None
     assert judge_conflict("models/m0", "m3", "sft_baseline", its) is None
-    assert judge_conflict("judges/outside", "m3", "m2", its) is None   # an outside judge
+    assert judge_conflict("judges/outside", "m3", "m2", its) is None  # an outside judge
     assert parse_params({"evaluation": {"judge": "/abs/judge"}}).evaluation.judge == "/abs/judge"
 
 
@@ -116,7 +133,7 @@ def test_bounds_are_declared_per_field_not_by_leaf_name():
 def test_derive_seed_is_stable_distinct_and_in_range():
     from srlm.config import derive_seed
 
-    assert derive_seed(1234, "judge", "1") == derive_seed(1234, "judge", 1)   # keys are names
+    assert derive_seed(1234, "judge", "1") == derive_seed(1234, "judge", 1)  # keys are names
     seeds = {derive_seed(s, stage, t) for s in (0, 1234) for stage in ("sample", "judge", "dpo") for t in (1, 2)}
-    assert len(seeds) == 12 and all(0 <= x < 2 ** 31 for x in seeds)
+    assert len(seeds) == 12 and all(0 <= x < 2**31 for x in seeds)
     assert derive_seed(1234, "sample", 1) != derive_seed(1235, "sample", 1)

@@ -1,4 +1,5 @@
 """CREAM's consistency-regularized DPO loss: the formula, its wiring into TRL's DPOTrainer, and train_dpo."""
+
 import math
 import re
 
@@ -23,9 +24,19 @@ def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cream") / "model"
     tok = build_tokenizer(d)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(d)
     return d
 
@@ -34,8 +45,15 @@ def _pairs(n: int, c=None) -> list[dict]:
     """Pair i: prompt 'item i', answers of very different lengths (so batches pad), C = c(i), by default
     (i + 1) / (n + 1): distinct, so a C tells which pair it belongs to."""
     c = c or (lambda i: (i + 1) / (n + 1))
-    return [{"prompt": f"item {i}", "chosen": "yes " * (1 + 5 * i), "rejected": "no " * (1 + 3 * (n - i)),
-             "consistency": c(i)} for i in range(n)]
+    return [
+        {
+            "prompt": f"item {i}",
+            "chosen": "yes " * (1 + 5 * i),
+            "rejected": "no " * (1 + 3 * (n - i)),
+            "consistency": c(i),
+        }
+        for i in range(n)
+    ]
 
 
 def _trainer(cls, model_dir, tmp_path, rows, lora=False, batch_size=4):
@@ -52,12 +70,29 @@ def _trainer(cls, model_dir, tmp_path, rows, lora=False, batch_size=4):
     if not lora:
         torch.manual_seed(1)
         ref = AutoModelForCausalLM.from_config(model.config)
-    args = DPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=batch_size, beta=BETA,
-                     loss_type=["sigmoid"], use_cpu=True, bf16=False, report_to=[], seed=0, data_seed=0,
-                     save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+    args = DPOConfig(
+        output_dir=str(tmp_path / cls.__name__),
+        per_device_train_batch_size=batch_size,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        seed=0,
+        data_seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     peft = PeftLora(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
-    return cls(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(dpo_examples(rows)),
-               processing_class=tok, peft_config=peft)
+    return cls(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(dpo_examples(rows)),
+        processing_class=tok,
+        peft_config=peft,
+    )
 
 
 def _batch(trainer, n):
@@ -65,6 +100,7 @@ def _batch(trainer, n):
 
 
 # --- the formula itself ---------------------------------------------------------------------------------------
+
 
 def test_margin_gradient_is_zero_at_c_half_and_minus_half_beta_at_c_one():
     delta = torch.zeros(3, requires_grad=True)
@@ -97,6 +133,7 @@ def test_c_one_is_sigmoid_dpo_and_c_zero_is_the_flipped_pair():
 
 
 # --- through TRL's DPOTrainer -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("lora", [False, True], ids=["ref-model", "lora"])
 def test_c_one_equals_trl_sigmoid_loss_on_a_real_batch(model_dir, tmp_path, lora):
@@ -172,9 +209,15 @@ def test_batch_loss_is_the_mean_of_per_pair_losses(model_dir, tmp_path):
 
 # --- train_dpo --------------------------------------------------------------------------------------------------
 
+
 def _cfg():
-    return DpoConfig(batch_size=2, grad_accum=1, max_length=64, learning_rate=1e-3,
-                     lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    return DpoConfig(
+        batch_size=2,
+        grad_accum=1,
+        max_length=64,
+        learning_rate=1e-3,
+        lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0),
+    )
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "average", "none"])
@@ -183,8 +226,9 @@ def test_train_dpo_end_to_end(model_dir, tmp_path, monkeypatch, mode):
     seen = []  # the C values that reach the loss
     monkeypatch.setattr(cream_module, "cream_loss", lambda m, c, b: seen.append(c) or cream_loss(m, c, b))
     rows = _pairs(4, c=lambda i: [0.2, 0.4, 0.9, 1.0][i])
-    metrics = train_dpo(model_dir, tmp_path / "out", dpo_examples(rows), _cfg(), seed=0,
-                        work_dir=tmp_path / "work", consistency=mode)
+    metrics = train_dpo(
+        model_dir, tmp_path / "out", dpo_examples(rows), _cfg(), seed=0, work_dir=tmp_path / "work", consistency=mode
+    )
     assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "work").exists()
     assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
     values = sorted(torch.cat(seen).tolist()) if seen else []
@@ -196,19 +240,35 @@ def test_train_dpo_end_to_end(model_dir, tmp_path, monkeypatch, mode):
         assert values == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("value, match", [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (float("nan"), r"\[0, 1\]"),
-                                          (None, "needs a 'consistency'")])
+@pytest.mark.parametrize(
+    "value, match",
+    [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (float("nan"), r"\[0, 1\]"), (None, "needs a 'consistency'")],
+)
 def test_train_dpo_refuses_bad_consistency(tmp_path, value, match):
     examples = dpo_examples(_pairs(2))
     examples[1]["consistency"] = value
     if value is None:
         del examples[1]["consistency"]
     with pytest.raises(ValueError, match=match):
-        train_dpo(tmp_path / "no-model", tmp_path / "out", examples, _cfg(), seed=0, work_dir=tmp_path / "w",
-                  consistency="dynamic")
+        train_dpo(
+            tmp_path / "no-model",
+            tmp_path / "out",
+            examples,
+            _cfg(),
+            seed=0,
+            work_dir=tmp_path / "w",
+            consistency="dynamic",
+        )
     with pytest.raises(ValueError, match="'none', 'dynamic' or 'average'"):
-        train_dpo(tmp_path / "no-model", tmp_path / "out", examples, _cfg(), seed=0, work_dir=tmp_path / "w",
-                  consistency="cream")
+        train_dpo(
+            tmp_path / "no-model",
+            tmp_path / "out",
+            examples,
+            _cfg(),
+            seed=0,
+            work_dir=tmp_path / "w",
+            consistency="cream",
+        )
 
 
 def test_dpo_examples_carry_consistency_only_when_the_pairs_do():

@@ -2,6 +2,7 @@
 (`min(cores, 16)`, SRLM_THREADS overrides it), and `generation.batch_size` / `generation.shard_size`, which
 decide which prompts share a batch and a seed, so they change sampled outputs (and are params, so DVC
 reruns the stages: tests/test_pipeline_e2e.py), while greedy outputs do not depend on them."""
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,7 @@ def threads(code: str, **extra: str) -> int:
 def test_cpu_math_uses_a_fixed_thread_count_that_srlm_threads_overrides():
     # as stage.main does it: before torch is imported, and (a library's import) after
     assert threads(f"from srlm.modeling import set_threads; set_threads(); {SHOW}") == min(os.cpu_count(), 16)
-    assert threads(f"import torch; from srlm.modeling import set_threads; set_threads(); {SHOW}",
-                   SRLM_THREADS="1") == 1
+    assert threads(f"import torch; from srlm.modeling import set_threads; set_threads(); {SHOW}", SRLM_THREADS="1") == 1
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 `accelerate launch`; here on 2 CPU processes: DDP over gloo (what accelerate runs on a CPU), and FSDP2
 through a test-only shim that lets accelerate shard on CPU. Either must train what one process with the
 same global batch trains, and only rank 0 writes the model, the metrics and the MLflow run."""
+
 import json
 import math
 import os
@@ -60,9 +61,11 @@ def free_port() -> int:
 def project(d: Path, model_dir: Path, model: str, params: dict) -> Path:
     (d / "models").mkdir(parents=True)
     (d / "models" / model).symlink_to(model_dir)
-    params = {"distributed": {"num_processes": 2, "config_file": FSDP_YAML, "main_process_port": free_port()},
-              "iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"}},
-              "evaluation": {"models": ["sft_baseline", "m2"], "matchups": {}}} | params  # one iteration: to m2
+    params = {
+        "distributed": {"num_processes": 2, "config_file": FSDP_YAML, "main_process_port": free_port()},
+        "iterations": {"1": {"prev": "m0", "model": "m1", "next": "m2"}},
+        "evaluation": {"models": ["sft_baseline", "m2"], "matchups": {}},
+    } | params  # one iteration: to m2
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     return d
 
@@ -83,22 +86,28 @@ def max_diff(a: Path, b: Path) -> float:
 
 def generates(model_dir: Path) -> str:
     model, tok = load_model(model_dir)
-    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids.shape[1]
-    return tok.decode(out[0, ids.shape[1]:])
+    return tok.decode(out[0, ids.shape[1] :])
 
 
 def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch(model_dir, tmp_path):
     rows = [json.loads(line) for line in (ROOT / "data/builtin/ift.jsonl").read_text().splitlines()[:8]]
-    d = project(tmp_path / "p", model_dir, "m0", {"sft": {
-        "batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": LORA}})
+    d = project(
+        tmp_path / "p",
+        model_dir,
+        "m0",
+        {"sft": {"batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": LORA}},
+    )
     (d / "data/seed").mkdir(parents=True)
     (d / "data/seed/ift_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    p = run_stage(d, str(ROOT / "stages/sft_baseline.py"), SRLM_TRACKING="on",
-                  MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db")
+    p = run_stage(
+        d, str(ROOT / "stages/sft_baseline.py"), SRLM_TRACKING="on", MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db"
+    )
     assert "launching 2 processes" in p.stderr and "training on 2 processes: MULTI_CPU" in p.stderr
     metrics = json.loads((d / "metrics/sft_baseline.json").read_text())
     assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
@@ -120,10 +129,32 @@ def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch
 
 def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_dir, tmp_path):
     """Full weights, so a separate reference model is sharded too, and the final weights are gathered."""
-    pairs = [{"id": f"p{i}", "kind": "preference", "prompt": f"item {i}", "chosen": "yes " * (1 + 2 * i),
-              "rejected": "no " * (9 - i), "consistency": (i + 1) / 9} for i in range(8)]
-    d = project(tmp_path / "p", model_dir, "m1", {"method": "cream", "dpo": {
-        "batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": {"enabled": False}}})
+    pairs = [
+        {
+            "id": f"p{i}",
+            "kind": "preference",
+            "prompt": f"item {i}",
+            "chosen": "yes " * (1 + 2 * i),
+            "rejected": "no " * (9 - i),
+            "consistency": (i + 1) / 9,
+        }
+        for i in range(8)
+    ]
+    d = project(
+        tmp_path / "p",
+        model_dir,
+        "m1",
+        {
+            "method": "cream",
+            "dpo": {
+                "batch_size": 2,
+                "grad_accum": 1,
+                "max_length": 64,
+                "learning_rate": 1e-3,
+                "lora": {"enabled": False},
+            },
+        },
+    )
     (d / "data/it1").mkdir(parents=True)
     (d / "data/it1/pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     (tmp_path / "shim").mkdir()
@@ -139,15 +170,22 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
     generates(d / "models/m2")
 
     cfg = DpoConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False))
-    one = train_dpo(model_dir, tmp_path / "one", dpo_examples(pairs), cfg, seed=derive_seed(1234, "dpo", 1),
-                    work_dir=tmp_path / "w",
-                    consistency="dynamic")
+    one = train_dpo(
+        model_dir,
+        tmp_path / "one",
+        dpo_examples(pairs),
+        cfg,
+        seed=derive_seed(1234, "dpo", 1),
+        work_dir=tmp_path / "w",
+        consistency="dynamic",
+    )
     assert metrics["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
     assert 1e-4 < max_diff(tmp_path / "one", model_dir)
     assert max_diff(d / "models/m2", tmp_path / "one") < 1e-5
 
 
 # --- the launch itself, without launching -------------------------------------------------------------------
+
 
 def test_shipped_accelerate_configs_parse(monkeypatch):
     """DeepSpeed is not installed here: its config is checked as far as accelerate goes without it, from the
@@ -162,9 +200,23 @@ def test_shipped_accelerate_configs_parse(monkeypatch):
     assert fsdp.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False  # see the file: DPO's reference model
     ds_yaml = str(ROOT / "configs/accelerate/deepspeed_zero3.yaml")
     assert load_config_from_file(ds_yaml).distributed_type == "DEEPSPEED"
-    args = launch_command_parser().parse_args(["--config_file", ds_yaml, "--num_processes", "16", "--num_machines",
-                                               "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
-                                               "--main_process_port", "29500", "stages/sft.py"])
+    args = launch_command_parser().parse_args(
+        [
+            "--config_file",
+            ds_yaml,
+            "--num_processes",
+            "16",
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            "1",
+            "--main_process_ip",
+            "10.0.0.1",
+            "--main_process_port",
+            "29500",
+            "stages/sft.py",
+        ]
+    )
     args, defaults, _ = _validate_launch_command(args)
     args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
     cmd, env = prepare_deepspeed_cmd_env(args)
@@ -197,11 +249,16 @@ def test_one_process_is_not_relaunched(launched):
 
 def test_a_stage_relaunches_itself_under_accelerate(launched):
     launch.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"))
-    (cmd, env), = launched
+    ((cmd, env),) = launched
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     args = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
-    assert args == {"--config_file": "configs/accelerate/deepspeed_zero3.yaml", "--num_processes": "8",
-                    "--num_machines": "1", "--machine_rank": "0", "--main_process_port": "29500"}
+    assert args == {
+        "--config_file": "configs/accelerate/deepspeed_zero3.yaml",
+        "--num_processes": "8",
+        "--num_machines": "1",
+        "--machine_rank": "0",
+        "--main_process_port": "29500",
+    }
     assert cmd[-3:] == ["stages/dpo.py", "--iteration", "2"]
     if not torch.cuda.is_available():  # 8 processes share the cores instead of each taking them all
         assert env["SRLM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 8))
@@ -219,9 +276,9 @@ def test_launched_processes_other_than_rank_0_do_not_track(launched, monkeypatch
 def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(launched, monkeypatch):
     dist = DistributedConfig(num_processes=16, num_machines=2, main_process_ip="10.0.0.1")
     launch.distribute(dist)
-    (cmd, _), = launched
-    assert ["--machine_rank", "0"] == cmd[cmd.index("--machine_rank"):][:2]
-    assert ["--main_process_ip", "10.0.0.1"] == cmd[cmd.index("--main_process_ip"):][:2]
+    ((cmd, _),) = launched
+    assert ["--machine_rank", "0"] == cmd[cmd.index("--machine_rank") :][:2]
+    assert ["--main_process_ip", "10.0.0.1"] == cmd[cmd.index("--main_process_ip") :][:2]
     job = json.loads(launch.JOB_FILE.read_text())
     assert job["argv"] == ["stages/dpo.py", "--iteration", "2"]
 
@@ -244,16 +301,22 @@ def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(l
 
     monkeypatch.setenv("SRLM_MACHINE_RANK", "1")  # the worker's stage process then launches as machine 1
     launch.distribute(dist)
-    assert ["--machine_rank", "1"] == launched[-1][0][launched[-1][0].index("--machine_rank"):][:2]
+    assert ["--machine_rank", "1"] == launched[-1][0][launched[-1][0].index("--machine_rank") :][:2]
 
 
-@pytest.mark.parametrize("dist, needle", [
-    ({"num_processes": 3, "num_machines": 2, "main_process_ip": "h"}, "must be a multiple of distributed.num_machines"),
-    ({"num_processes": 4, "num_machines": 2}, "main_process_ip is needed"),
-    ({"num_processes": 2, "config_file": "configs/accelerate/nope.yaml"}, "no such file"),
-    ({"num_processes": 0}, "must be > 0"),
-    ({"main_process_port": 70000}, "is not a port"),
-])
+@pytest.mark.parametrize(
+    "dist, needle",
+    [
+        (
+            {"num_processes": 3, "num_machines": 2, "main_process_ip": "h"},
+            "must be a multiple of distributed.num_machines",
+        ),
+        ({"num_processes": 4, "num_machines": 2}, "main_process_ip is needed"),
+        ({"num_processes": 2, "config_file": "configs/accelerate/nope.yaml"}, "no such file"),
+        ({"num_processes": 0}, "must be > 0"),
+        ({"main_process_port": 70000}, "is not a port"),
+    ],
+)
 def test_bad_distributed_params_name_the_key(dist, needle, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigError, match=needle):

@@ -5,6 +5,7 @@ exactly the params it reads, or a cached output can come from old code (or rerun
   functions included), and the templates that srlm/prompts.py reads;
 - params: exactly the stage script's `PARAMS`, the keys it passes to `stage.tracked` (its MLflow params
   and its checkpoint key)."""
+
 import ast
 import re
 from pathlib import Path
@@ -65,21 +66,26 @@ def test_every_stage_depends_on_all_the_code_it_runs(name):
     if "srlm/prompts.py" in need:
         need.add("srlm/templates")
     missing = sorted(need - deps)
-    assert not missing, (f"dvc.yaml: stage {name} runs {missing} but does not list them in deps "
-                         f"(`python tools/sync_dvc_deps.py` rewrites the code deps from the imports)")
+    assert not missing, (
+        f"dvc.yaml: stage {name} runs {missing} but does not list them in deps "
+        f"(`python tools/sync_dvc_deps.py` rewrites the code deps from the imports)"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_every_stage_tracks_exactly_the_params_it_reads(name):
     stage = body(STAGES[name])
     tree = ast.parse((ROOT / script_of(stage)).read_text())
-    declared = next(ast.literal_eval(n.value) for n in tree.body
-                    if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PARAMS")
+    declared = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PARAMS"
+    )
     assert stage.get("params", []) == declared, f"dvc.yaml: {name}'s params differ from its script's PARAMS"
 
 
 def test_the_import_closure_sees_imports_inside_functions():
-    assert "srlm/generation.py" in closure("stages/judge.py")   # imported inside srlm.stage.generator()
+    assert "srlm/generation.py" in closure("stages/judge.py")  # imported inside srlm.stage.generator()
     assert {"srlm/config.py", "srlm/io.py", "srlm/modeling.py"} <= closure("stages/report.py")  # via srlm.stage
 
 

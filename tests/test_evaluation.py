@@ -19,6 +19,7 @@ def one(ranks, scores, i="s"):
 
 # ---------------------------------------------------------------- reward-model metrics (Table 2)
 
+
 def test_mixed_sets_with_human_ties_model_ties_and_missing_scores():
     sets = [
         # Set 1: human tie between responses 1 and 2, response 3 unscored.
@@ -32,7 +33,7 @@ def test_mixed_sets_with_human_ties_model_ties_and_missing_scores():
     m = reward_model_metrics(sets)
     assert (m["sets"], m["responses"]) == (2, 7)
     assert m["scored_rate"] == pytest.approx(6 / 7)
-    assert m["pairs"] == 8                                 # 5 + 3
+    assert m["pairs"] == 8  # 5 + 3
     assert m["pairwise_accuracy"] == pytest.approx(4 / 8)  # (2 + 2) / 8
     assert m["pairwise_tie_rate"] == pytest.approx(1 / 8)
     # Only s1's first response scores 5 (rounded), and it is s1's best.
@@ -57,7 +58,7 @@ def test_perfect_judge_scores_one_everywhere():
     # pairs: 6 + 2 (the human tie (1,2) excluded) + 1 = 9, all correct, none tied
     assert m["pairs"] == 9
     assert m["pairwise_accuracy"] == 1.0 and m["pairwise_tie_rate"] == 0.0
-    assert m["five_best"] == 1.0 and m["five_best_count"] == 2   # 4.8 is no "5 out of 5" when sampled
+    assert m["five_best"] == 1.0 and m["five_best_count"] == 2  # 4.8 is no "5 out of 5" when sampled
     assert m["exact_match"] == 1.0 and m["scored_rate"] == 1.0
     assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
     assert m["correlation_sets"] == 3
@@ -83,9 +84,9 @@ def test_constant_judge_ties_everything_and_has_no_correlation():
 
 def test_five_best_with_continuous_scores():
     sets = [
-        one([0, 1], [4.6, 2.0]),   # 4.6 rounds to 5 and is the best -> counts, best
-        one([0, 1], [3.0, 4.4]),   # 4.4 rounds to 4 -> not counted
-        one([0, 1], [4.0, 4.5]),   # 4.5 rounds half up to 5 but is not the best -> counts, not best
+        one([0, 1], [4.6, 2.0]),  # 4.6 rounds to 5 and is the best -> counts, best
+        one([0, 1], [3.0, 4.4]),  # 4.4 rounds to 4 -> not counted
+        one([0, 1], [4.0, 4.5]),  # 4.5 rounds half up to 5 but is not the best -> counts, not best
         one([1, 0, 0], [2.0, 1.0, 5.0]),  # tie for first: a 5 on either rank-0 response is "best"
     ]
     m = reward_model_metrics(sets, "expected")
@@ -99,7 +100,7 @@ def test_five_best_under_the_sampled_readout_needs_every_judgment_to_say_5():
     sets = [one([1, 0], [14 / 3, 3.0]), one([0, 1], [5.0, 2.0])]
     m = reward_model_metrics(sets, "sampled")
     assert (m["five_best_count"], m["five_best"]) == (1, 1.0)
-    m = reward_model_metrics(sets, "expected")   # 4.67 rounds to 5 for the expected readout
+    m = reward_model_metrics(sets, "expected")  # 4.67 rounds to 5 for the expected readout
     assert (m["five_best_count"], m["five_best"]) == (2, 0.5)
 
 
@@ -151,19 +152,19 @@ def test_mismatched_lengths_raise():
 
 def test_score_histogram_rounds_half_up():
     h = score_histogram([0, 0.49, 0.5, 2, 4.4, 4.5, 5, None, float("nan")])
-    assert h == {"score_0": 2, "score_1": 1, "score_2": 1, "score_3": 0, "score_4": 1, "score_5": 2,
-                 "unscored": 2}
+    assert h == {"score_0": 2, "score_1": 1, "score_2": 1, "score_3": 0, "score_4": 1, "score_5": 2, "unscored": 2}
     with pytest.raises(ValueError):
         score_histogram([6])
 
 
 # ---------------------------------------------------------------- length bias
 
+
 def test_length_bias():
     assert length_bias([1, 2, 3, None], [10, 20, 30, 5])["score_length_spearman"] == pytest.approx(1.0)
     assert length_bias([3, 2, 1], [10, 20, 30])["score_length_spearman"] == pytest.approx(-1.0)
     assert math.isnan(length_bias([1, 2, None], [1, 2, 3])["score_length_spearman"])  # 2 scored
-    assert math.isnan(length_bias([4, 4, 4], [1, 2, 3])["score_length_spearman"])     # constant
+    assert math.isnan(length_bias([4, 4, 4], [1, 2, 3])["score_length_spearman"])  # constant
 
 
 def test_longer_wins_rate():
@@ -181,34 +182,50 @@ def test_longer_wins_rate():
 
 # ---------------------------------------------------------------- head-to-head (Figure 3)
 
-@pytest.mark.parametrize("text,verdict", [
-    ("A is more complete.\nWinner: A", "A"),
-    ("Winner: B", "B"),
-    ("winner: b.", "B"),
-    ("**Winner:** A", "A"),
-    ("Winner: **B**!", "B"),
-    ("Winner: [A]", "A"),
-    ("Both are equally good. Winner: Tie", "tie"),
-    ("WINNER: TIE.", "tie"),
-    ("At first, Winner: A. On reflection, Winner: B", "B"),  # the last one counts
-    ("Winner: B ... no wait. Winner: tie", "tie"),
-    ("Winner: A\nWinner: neither", None),                     # last one unparsable
-    ("Winner: A and B", None),
-    ("Winner: Alice", None),
-    ("Winner:", None),
-    ("A is better.", None),
-    ("", None),
-])
+
+@pytest.mark.parametrize(
+    "text,verdict",
+    [
+        ("A is more complete.\nWinner: A", "A"),
+        ("Winner: B", "B"),
+        ("winner: b.", "B"),
+        ("**Winner:** A", "A"),
+        ("Winner: **B**!", "B"),
+        ("Winner: [A]", "A"),
+        ("Both are equally good. Winner: Tie", "tie"),
+        ("WINNER: TIE.", "tie"),
+        ("At first, Winner: A. On reflection, Winner: B", "B"),  # the last one counts
+        ("Winner: B ... no wait. Winner: tie", "tie"),
+        ("Winner: A\nWinner: neither", None),  # last one unparsable
+        ("Winner: A and B", None),
+        ("Winner: Alice", None),
+        ("Winner:", None),
+        ("A is better.", None),
+        ("", None),
+    ],
+)
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
 
 
 # (first, second) -> X's outcome. first: X shown as A; second: X shown as B.
 COMBOS = {
-    ("A", "A"): "tie",  ("A", "B"): "win",  ("A", "tie"): "tie",  ("A", None): "tie",
-    ("B", "A"): "loss", ("B", "B"): "tie",  ("B", "tie"): "tie",  ("B", None): "tie",
-    ("tie", "A"): "tie", ("tie", "B"): "tie", ("tie", "tie"): "tie", ("tie", None): "tie",
-    (None, "A"): "tie", (None, "B"): "tie", (None, "tie"): "tie", (None, None): "tie",
+    ("A", "A"): "tie",
+    ("A", "B"): "win",
+    ("A", "tie"): "tie",
+    ("A", None): "tie",
+    ("B", "A"): "loss",
+    ("B", "B"): "tie",
+    ("B", "tie"): "tie",
+    ("B", None): "tie",
+    ("tie", "A"): "tie",
+    ("tie", "B"): "tie",
+    ("tie", "tie"): "tie",
+    ("tie", None): "tie",
+    (None, "A"): "tie",
+    (None, "B"): "tie",
+    (None, "tie"): "tie",
+    (None, None): "tie",
 }
 
 
@@ -271,8 +288,7 @@ def test_length_controlled_win_rate_fallbacks():
     assert r["lc_win_rate"] == pytest.approx(2 / 3) and math.isnan(r["length_slope"])
     # fewer than 3 outcomes
     r = length_controlled_win_rate(["win", "tie"], [10, 50], [20, 5])
-    assert r == {"lc_win_rate": pytest.approx(0.75), "length_slope": pytest.approx(math.nan, nan_ok=True),
-                 "n": 2}
+    assert r == {"lc_win_rate": pytest.approx(0.75), "length_slope": pytest.approx(math.nan, nan_ok=True), "n": 2}
     with pytest.raises(ValueError):
         length_controlled_win_rate(["win"], [1, 2], [1])
 
@@ -288,8 +304,7 @@ def test_longer_wins_within_groups_never_pairs_across_groups():
 
     # group 1: the longer one scores higher (1 of 1); group 2: the shorter wins twice, a tie and a
     # missing score are skipped -> 1 / 3. Across groups (5.0 vs 1.0) would have counted otherwise.
-    groups = [[(5.0, 100), (1.0, 10)],
-              [(4.0, 10), (2.0, 50), (2.0, 60), (None, 999)]]
+    groups = [[(5.0, 100), (1.0, 10)], [(4.0, 10), (2.0, 50), (2.0, 60), (None, 999)]]
     # group 2 pairs: (4,10)-(2,50): shorter wins; (4,10)-(2,60): shorter wins; (2,50)-(2,60): tie, skipped
     assert longer_wins_within_groups(groups) == pytest.approx(1 / 3)
     assert math.isnan(longer_wins_within_groups([[(3.0, 10)], [(1.0, 20)]]))

@@ -7,8 +7,9 @@ from srlm.sampling import SamplingParams, chat_prompt, sample_responses
 
 def _prompts(tok):
     # shared judge prefix + suffixes of different lengths: exercises prefix reuse and mid padding
-    return [chat_prompt(tok, judge_prompt("question " * (i + 1), "answer " * (3 * i))) for i in range(5)] + \
-           [chat_prompt(tok, "hello")]
+    return [chat_prompt(tok, judge_prompt("question " * (i + 1), "answer " * (3 * i))) for i in range(5)] + [
+        chat_prompt(tok, "hello")
+    ]
 
 
 def test_batched_greedy_equals_one_prompt_at_a_time(tiny):
@@ -19,9 +20,10 @@ def test_batched_greedy_equals_one_prompt_at_a_time(tiny):
     for p, o in zip(prompts, outs):
         enc = tok(p, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            ref = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)
-        new = [t for t in ref[0, enc.input_ids.shape[1]:].tolist() if t != tok.eos_token_id]
+            ref = model.generate(
+                **enc, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+            )
+        new = [t for t in ref[0, enc.input_ids.shape[1] :].tolist() if t != tok.eos_token_id]
         assert o[0].text == tok.decode(new, skip_special_tokens=True).strip()
 
 
@@ -32,7 +34,7 @@ def test_n_samples_per_prompt_seeded_and_in_order(tiny):
     sp = SamplingParams(n=3, temperature=0.9, top_p=0.95, max_new_tokens=10, seed=7)
     a = gen.generate(prompts, sp)
     assert [len(x) for x in a] == [3] * len(prompts)
-    assert a == gen.generate(prompts, sp)                       # same seed, same samples
+    assert a == gen.generate(prompts, sp)  # same seed, same samples
     assert a != gen.generate(prompts, SamplingParams(n=3, temperature=0.9, top_p=0.95, max_new_tokens=10, seed=8))
     assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= 10 for x in a for c in x)
 
@@ -40,8 +42,11 @@ def test_n_samples_per_prompt_seeded_and_in_order(tiny):
 def test_sample_responses_ids(tiny):
     model, tok = tiny
     gen = TransformersGenerator(model, tok, batch_size=4, progress=False)
-    rows = sample_responses(gen, [{"id": "p0", "prompt": "Say hi."}, {"id": "p1", "prompt": "Count to 3."}],
-                            SamplingParams(n=2, max_new_tokens=6))
+    rows = sample_responses(
+        gen,
+        [{"id": "p0", "prompt": "Say hi."}, {"id": "p1", "prompt": "Count to 3."}],
+        SamplingParams(n=2, max_new_tokens=6),
+    )
     assert [r["candidate_id"] for r in rows] == ["p0-c0", "p0-c1", "p1-c0", "p1-c1"]
     assert rows[2]["prompt"] == "Count to 3."
 

@@ -1,4 +1,5 @@
 """The head-to-head rule (both orders, disagreement = tie) through `head_to_head`, on stub judges."""
+
 import re
 
 import pytest
@@ -44,8 +45,10 @@ class StubJudge(Generator):
 
     def next_token_probs(self, prompts, continuations, token_ids, desc=""):
         assert token_ids == [3, 4] and all(c == ["Winner:"] for c in continuations)
-        return [torch.tensor([[0.7, 0.1]]) if self.prefers(*shown(p)) == "A" else torch.tensor([[0.2, 0.6]])
-                for p in prompts]
+        return [
+            torch.tensor([[0.7, 0.1]]) if self.prefers(*shown(p)) == "A" else torch.tensor([[0.2, 0.6]])
+            for p in prompts
+        ]
 
 
 X = [{"id": f"p{i}", "instruction": f"task {i}", "output": o} for i, o in enumerate(["good 1", "bad 2", "good 3"])]
@@ -57,7 +60,7 @@ SAMPLING = SamplingParams(n=1, temperature=0.0, max_new_tokens=8)
 def test_a_consistent_judge_gives_wins_and_losses(mode):
     # prefers the response that says "good"; between two good ones it prefers the first shown (order bias)
     judge = StubJudge(lambda a, b: "A" if a.startswith("good") else "B")
-    rows, m = head_to_head(judge, X, list(reversed(Y)), mode, SAMPLING)   # Y reordered: aligned by id
+    rows, m = head_to_head(judge, X, list(reversed(Y)), mode, SAMPLING)  # Y reordered: aligned by id
     assert [r["outcome"] for r in rows] == ["win", "loss", "tie"]
     assert (m["win"], m["tie"], m["loss"], m["n"]) == (1, 1, 1, 3)
     assert m["win_rate_ties_half"] == pytest.approx(0.5)
@@ -99,7 +102,7 @@ def test_calibration_recovers_a_preference_hidden_under_a_position_bias():
             return out
 
     rows, _ = head_to_head(Biased(None), X, Y, "probability", SAMPLING)
-    assert [r["outcome"] for r in rows] == ["tie", "tie", "tie"]          # A both times: ties
+    assert [r["outcome"] for r in rows] == ["tie", "tie", "tie"]  # A both times: ties
     rows, m = head_to_head(Biased(None), X, Y, "calibrated", SAMPLING)
     assert [r["outcome"] for r in rows] == ["win", "loss", "tie"]
     assert rows[0]["p_a_ab"] == pytest.approx(0.9) and rows[0]["p_a_ba"] == pytest.approx(0.7)

@@ -12,7 +12,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_text(f, 123)  # type: ignore[arg-type]
     assert f.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]   # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -30,16 +30,19 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
 SCHEMA = {"id": str, "instruction": str}
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": \n', "data.jsonl:2: malformed JSON"),
-    (b'{"id": "a"}\n', "data.jsonl:1: missing field 'instruction'"),
-    (b'{"id": "a", "instruction": "  "}\n', "data.jsonl:1: field 'instruction' is empty"),
-    (b'{"id": "a", "instruction": 3}\n', "data.jsonl:1: field 'instruction' should be str"),
-    (b'{"id": "a", "instruction": "x"}\n{"id": "a", "instruction": "y"}\n', "data.jsonl:2: duplicate id 'a'"),
-    (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": "\xff"}\n', "data.jsonl:2: not valid UTF-8"),
-    (b"", "data.jsonl: contains no records"),
-    (b"[1, 2]\n", "data.jsonl:1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": \n', "data.jsonl:2: malformed JSON"),
+        (b'{"id": "a"}\n', "data.jsonl:1: missing field 'instruction'"),
+        (b'{"id": "a", "instruction": "  "}\n', "data.jsonl:1: field 'instruction' is empty"),
+        (b'{"id": "a", "instruction": 3}\n', "data.jsonl:1: field 'instruction' should be str"),
+        (b'{"id": "a", "instruction": "x"}\n{"id": "a", "instruction": "y"}\n', "data.jsonl:2: duplicate id 'a'"),
+        (b'{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": "\xff"}\n', "data.jsonl:2: not valid UTF-8"),
+        (b"", "data.jsonl: contains no records"),
+        (b"[1, 2]\n", "data.jsonl:1: expected a JSON object"),
+    ],
+)
 def test_read_jsonl_errors_name_file_and_line(tmp_path, content, needle):
     f = tmp_path / "data.jsonl"
     f.write_bytes(content)
@@ -66,8 +69,8 @@ def _dead_pid() -> int:
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
     f = tmp_path / "out.jsonl"
     dead = _dead_pid()
-    (tmp_path / f".out.jsonl.tmp-{dead}-abc").write_text("half a reco")   # SIGKILL mid-write
-    live = tmp_path / f".out.jsonl.tmp-{os.getpid()}-xyz"                 # a writer still at work
+    (tmp_path / f".out.jsonl.tmp-{dead}-abc").write_text("half a reco")  # SIGKILL mid-write
+    live = tmp_path / f".out.jsonl.tmp-{os.getpid()}-xyz"  # a writer still at work
     live.write_text("")
     write_jsonl(f, [{"a": 1}])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.jsonl", live.name])
@@ -75,7 +78,7 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
 
 def test_a_kill_between_the_renames_of_atomic_dir_keeps_the_previous_output(tmp_path):
     d = tmp_path / "model"
-    old = tmp_path / f".model.tmp-{_dead_pid()}-old"   # killed after moving the old dir away
+    old = tmp_path / f".model.tmp-{_dead_pid()}-old"  # killed after moving the old dir away
     old.mkdir()
     (old / "w").write_text("previous")
     with pytest.raises(RuntimeError):

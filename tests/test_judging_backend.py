@@ -1,6 +1,7 @@
 """srlm.judging on a real model and tokenizer (the tiny Llama, transformers backend, the CPU default): the
 `Score:` digit and `Winner:` label tokens, the expected-score readout of `judge_responses` and the verdict
 probabilities of `pairwise_verdicts`, each checked against a plain forward pass of the model."""
+
 import pytest
 import torch
 

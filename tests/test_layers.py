@@ -4,23 +4,37 @@ prompts, scores, metrics, pairs, seed data) and two services the training loop u
 on disk, MLflow tracking). The engine (models, generation backends, training, CREAM, launching) builds on
 it; the pipeline glue (stage runner, resumable generation, judging, evaluation, report) on both. Imports
 run one way: down."""
+
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-BASE = ["srlm.config", "srlm.io", "srlm.artifacts", "srlm.sampling", "srlm.prompts", "srlm.scores", "srlm.metrics",
-        "srlm.pairing", "srlm.seed", "srlm.progress", "srlm.tracking"]
+BASE = [
+    "srlm.config",
+    "srlm.io",
+    "srlm.artifacts",
+    "srlm.sampling",
+    "srlm.prompts",
+    "srlm.scores",
+    "srlm.metrics",
+    "srlm.pairing",
+    "srlm.seed",
+    "srlm.progress",
+    "srlm.tracking",
+]
 ENGINE = ["srlm.modeling", "srlm.generation", "srlm.training", "srlm.cream", "srlm.launch"]
 GLUE = ["srlm.judging", "srlm.evaluation", "srlm.resume", "srlm.stage", "srlm.report"]
 SRLM = Path(__file__).resolve().parent.parent / "srlm"
 
 
 def test_the_base_layer_imports_without_torch_or_model_code():
-    code = (f"import sys\nimport {', '.join(BASE)}\n"
-            f"heavy = ('torch', 'transformers', 'trl', 'peft', 'vllm')\n"
-            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in {ENGINE!r})\n"
-            f"print(bad)\nassert not bad, bad")
+    code = (
+        f"import sys\nimport {', '.join(BASE)}\n"
+        f"heavy = ('torch', 'transformers', 'trl', 'peft', 'vllm')\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in {ENGINE!r})\n"
+        f"print(bad)\nassert not bad, bad"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
 

@@ -1,5 +1,6 @@
 """Inputs too long for the model or for `max_length`: refused or dropped with a message, never a crash
 deep inside the model or TRL, and never a silent loss of training data."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -40,15 +41,21 @@ def test_a_long_rejected_response_counts_as_truncated(tiny):
 def test_nothing_left_to_train_on_is_an_error_with_the_fix(tiny):
     model, tok = tiny
     pairs = [{"prompt": "word " * 200, "chosen": "a", "rejected": "b"}] * 2
-    with pytest.raises(DataError, match=r"every one of the 2 training examples has a prompt of at least "
-                                        r"dpo.max_length = 64 tokens \(the longest is \d+\).*raise dpo.max_length"):
+    with pytest.raises(
+        DataError,
+        match=r"every one of the 2 training examples has a prompt of at least "
+        r"dpo.max_length = 64 tokens \(the longest is \d+\).*raise dpo.max_length",
+    ):
         fit_to_max_length(dpo_examples(pairs), tok, model.config, 64, "dpo")
 
 
 def test_max_length_beyond_the_models_context_is_a_params_error(tiny):
     model, tok = tiny
-    with pytest.raises(ConfigError, match="sft.max_length = 5000 is longer than the model's context of 4096 tokens; "
-                                          "set sft.max_length to 4096 or less"):
+    with pytest.raises(
+        ConfigError,
+        match="sft.max_length = 5000 is longer than the model's context of 4096 tokens; "
+        "set sft.max_length to 4096 or less",
+    ):
         fit_to_max_length(sft_examples([("Say hi.", "Hi.")]), tok, model.config, 5000, "sft")
 
 
@@ -57,10 +64,13 @@ def test_a_prompt_that_leaves_no_room_for_the_answer_is_refused(tiny):
     text = "water sun " * 3000
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     assert n > 4096
-    with pytest.raises(ModelError, match=f"sample: a prompt of {n} tokens plus 8 new tokens is longer than the "
-                                         f"model's context of 4096 tokens"):
-        TransformersGenerator(model, tok, progress=False).generate(["Hi", text], SamplingParams(max_new_tokens=8),
-                                                                   desc="sample")
+    with pytest.raises(
+        ModelError,
+        match=f"sample: a prompt of {n} tokens plus 8 new tokens is longer than the model's context of 4096 tokens",
+    ):
+        TransformersGenerator(model, tok, progress=False).generate(
+            ["Hi", text], SamplingParams(max_new_tokens=8), desc="sample"
+        )
     # the new tokens count too: a prompt that fits alone is refused when the answer would not fit
     short = len(tok("water sun water", add_special_tokens=False)["input_ids"])
     with pytest.raises(ModelError, match=f"judge: a prompt of {short} tokens plus 8 new tokens"):

@@ -52,12 +52,13 @@ def test_the_builtin_default_model_is_the_gguf_of_its_pip_package_dequantized(tm
     enc = tok(chat_prompt(tok, "What is the capital of France?"), return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, enc.input_ids.shape[1]:])  # dequantized weights, not noise
+    assert "Paris" in tok.decode(out[0, enc.input_ids.shape[1] :])  # dequantized weights, not noise
     for (anchor, targets), labels in ((score_tokens(tok), "012345"), (label_tokens(tok, "Winner:", ["A", "B"]), "AB")):
         for label, target in zip(labels, targets):  # the readouts' token is how this tokenizer writes it
             word = anchor.split(":")[0] + ":"
-            assert tok(f"Fine.\n{word} {label}", add_special_tokens=False).input_ids == \
-                tok(f"Fine.\n{anchor}", add_special_tokens=False).input_ids + [target]
+            assert tok(f"Fine.\n{word} {label}", add_special_tokens=False).input_ids == tok(
+                f"Fine.\n{anchor}", add_special_tokens=False
+            ).input_ids + [target]
 
 
 def test_the_builtin_model_without_its_package_says_how_to_install_it(tmp_path, monkeypatch):

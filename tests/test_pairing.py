@@ -7,17 +7,30 @@ from srlm.pairing import select_pairs, select_positives
 
 
 def row(pid, j, score):
-    return {"prompt_id": pid, "candidate_id": f"{pid}-c{j}", "prompt": f"prompt {pid}", "response": f"{pid} r{j}",
-            "score": score}
+    return {
+        "prompt_id": pid,
+        "candidate_id": f"{pid}-c{j}",
+        "prompt": f"prompt {pid}",
+        "response": f"{pid} r{j}",
+        "score": score,
+    }
 
 
 def test_best_vs_worst_with_ties_and_too_few_dropped():
-    judged = [row("a", 0, 2.0), row("a", 1, 4.5), row("a", 2, 1.0), row("a", 3, 4.5),
-              row("b", 0, 3.0), row("b", 1, 3.0),                      # tie -> dropped
-              row("c", 0, 5.0), row("c", 1, None), row("c", 2, None)]  # one valid -> dropped
+    judged = [
+        row("a", 0, 2.0),
+        row("a", 1, 4.5),
+        row("a", 2, 1.0),
+        row("a", 3, 4.5),
+        row("b", 0, 3.0),
+        row("b", 1, 3.0),  # tie -> dropped
+        row("c", 0, 5.0),
+        row("c", 1, None),
+        row("c", 2, None),
+    ]  # one valid -> dropped
     pairs, counts = select_pairs(judged, min_valid=2)
     assert [p["id"] for p in pairs] == ["a"]
-    assert pairs[0]["chosen_id"] == "a-c1"        # first of the tied best, in id order
+    assert pairs[0]["chosen_id"] == "a-c1"  # first of the tied best, in id order
     assert pairs[0]["rejected_id"] == "a-c2"
     assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("a r1", "a r2")
     assert counts["dropped_tie"] == 1 and counts["dropped_too_few_valid"] == 1 and counts["pairs"] == 1
@@ -31,25 +44,35 @@ def test_pairs_do_not_depend_on_row_order():
 
 
 def test_positive_only_variant_keeps_what_scored_5_under_each_readout():
-    judged = [row("a", 0, 5.0), row("a", 1, 14 / 3), row("a", 2, 4.5), row("b", 0, None),
-              row("b", 1, 5.0) | {"finish_reason": "length"}]
+    judged = [
+        row("a", 0, 5.0),
+        row("a", 1, 14 / 3),
+        row("a", 2, 4.5),
+        row("b", 0, None),
+        row("b", 1, 5.0) | {"finish_reason": "length"},
+    ]
     pos, counts = select_positives(judged, "sampled")
-    assert [p["id"] for p in pos] == ["a-c0"] and counts["positives"] == 1   # 5, 5, 4 is no 5
-    assert counts["truncated_not_chosen"] == 1                               # b-c1 was cut off
-    pos, _ = select_positives(judged, "expected")            # the expected score rounds to 5
+    assert [p["id"] for p in pos] == ["a-c0"] and counts["positives"] == 1  # 5, 5, 4 is no 5
+    assert counts["truncated_not_chosen"] == 1  # b-c1 was cut off
+    pos, _ = select_positives(judged, "expected")  # the expected score rounds to 5
     assert [p["id"] for p in pos] == ["a-c0", "a-c1", "a-c2"]
     assert [p["id"] for p in select_positives(judged, "sampled", truncated=True)[0]] == ["a-c0", "b-c1"]
 
 
 def test_truncated_candidates_are_never_chosen_by_default():
-    judged = [row("a", 0, 5.0) | {"finish_reason": "length"}, row("a", 1, 4.0) | {"finish_reason": "stop"},
-              row("a", 2, 1.0) | {"finish_reason": "length"},            # may still be rejected
-              row("b", 0, 5.0) | {"finish_reason": "length"}, row("b", 1, 2.0) | {"finish_reason": "stop"},
-              row("c", 0, 3.0) | {"finish_reason": "length"}, row("c", 1, 1.0) | {"finish_reason": "length"}]
+    judged = [
+        row("a", 0, 5.0) | {"finish_reason": "length"},
+        row("a", 1, 4.0) | {"finish_reason": "stop"},
+        row("a", 2, 1.0) | {"finish_reason": "length"},  # may still be rejected
+        row("b", 0, 5.0) | {"finish_reason": "length"},
+        row("b", 1, 2.0) | {"finish_reason": "stop"},
+        row("c", 0, 3.0) | {"finish_reason": "length"},
+        row("c", 1, 1.0) | {"finish_reason": "length"},
+    ]
     pairs, counts = select_pairs(judged)
     by_id = {p["id"]: p for p in pairs}
     assert (by_id["a"]["chosen_id"], by_id["a"]["rejected_id"]) == ("a-c1", "a-c2")
-    assert "b" not in by_id and "c" not in by_id     # b: only the worst is complete; c: none is
+    assert "b" not in by_id and "c" not in by_id  # b: only the worst is complete; c: none is
     assert counts["truncated_not_chosen"] == 1 and counts["dropped_truncated"] == 2
     pairs, counts = select_pairs(judged, truncated_chosen=True)
     assert [p["chosen_id"] for p in pairs] == ["a-c0", "b-c0", "c-c0"] and not counts["dropped_truncated"]
@@ -60,10 +83,18 @@ def scored(pid, j, score, expected=None, response=None):
 
 
 def test_all_tied_prompts_are_dropped_unless_the_other_readout_is_asked_to_break_them():
-    judged = [scored("a", 0, 3.0, 2.9), scored("a", 1, 3.0, 3.4), scored("a", 2, 3.0, 3.1),   # all tied
-              scored("b", 0, 4.0, 1.0), scored("b", 1, 4.0, 4.2), scored("b", 2, 2.0, 2.0),   # tied best
-              scored("c", 0, 3.0, 3.0), scored("c", 1, 3.0, 3.0),                          # tied both ways
-              scored("d", 0, 3.0, None), scored("d", 1, 3.0, None)]                        # no second score
+    judged = [
+        scored("a", 0, 3.0, 2.9),
+        scored("a", 1, 3.0, 3.4),
+        scored("a", 2, 3.0, 3.1),  # all tied
+        scored("b", 0, 4.0, 1.0),
+        scored("b", 1, 4.0, 4.2),
+        scored("b", 2, 2.0, 2.0),  # tied best
+        scored("c", 0, 3.0, 3.0),
+        scored("c", 1, 3.0, 3.0),  # tied both ways
+        scored("d", 0, 3.0, None),
+        scored("d", 1, 3.0, None),
+    ]  # no second score
     # the paper (the default): every prompt whose candidates all tie is discarded
     pairs, counts = select_pairs(judged)
     assert [(p["id"], p["chosen_id"], p["rejected_id"]) for p in pairs] == [("b", "b-c0", "b-c2")]
@@ -78,8 +109,12 @@ def test_all_tied_prompts_are_dropped_unless_the_other_readout_is_asked_to_break
 
 
 def test_length_control_picks_the_shortest_near_the_best():
-    judged = [scored("a", 0, 5.0, response="x" * 300), scored("a", 1, 4.6, response="x" * 40),
-              scored("a", 2, 4.0, response="x" * 10), scored("a", 3, 1.0, response="x" * 20)]
+    judged = [
+        scored("a", 0, 5.0, response="x" * 300),
+        scored("a", 1, 4.6, response="x" * 40),
+        scored("a", 2, 4.0, response="x" * 10),
+        scored("a", 3, 1.0, response="x" * 20),
+    ]
     pairs, counts = select_pairs(judged, length_margin=0.5)
     assert pairs[0]["chosen_id"] == "a-c1" and pairs[0]["rejected_id"] == "a-c3"
     assert counts["length_controlled"] == 1
@@ -100,8 +135,8 @@ def test_consistency_measures():
     assert abs(consistency(cur, swapped) - 5 / 6) < 1e-9
     # spearman: d^2 sum = 2 -> rho = 1 - 6*2/(4*15) = 0.8 -> C = 0.9
     assert abs(consistency(cur, swapped, "spearman") - 0.9) < 1e-9
-    assert consistency(cur, {k: 1.0 for k in cur}) == 0.5          # previous model ties everything
-    assert consistency(cur, {"c0": 1.0}) is None                    # fewer than two aligned
+    assert consistency(cur, {k: 1.0 for k in cur}) == 0.5  # previous model ties everything
+    assert consistency(cur, {"c0": 1.0}) is None  # fewer than two aligned
     with pytest.raises(ValueError, match="unknown consistency"):
         consistency(cur, swapped, "top_bottom")
 
@@ -121,20 +156,23 @@ def test_consistency_keeps_tied_scores_tied():
 def test_consistency_is_aligned_by_candidate_id_not_position():
     from srlm.pairing import attach_consistency
 
-    cur = [scored("a", j, s) for j, s in enumerate([4.0, 3.0, 2.0])] + \
-          [scored("b", j, s) for j, s in enumerate([1.0, 2.0, 3.0])]
+    cur = [scored("a", j, s) for j, s in enumerate([4.0, 3.0, 2.0])] + [
+        scored("b", j, s) for j, s in enumerate([1.0, 2.0, 3.0])
+    ]
     # the previous model skipped prompt "a" entirely and its file is in another order
     prev = [scored("b", 2, 3.0), scored("b", 0, 1.0), scored("b", 1, 2.0)]
     pairs, _ = select_pairs(cur)
     out, counts = attach_consistency(pairs, cur, prev, "kendall")
     by_id = {p["id"]: p["consistency"] for p in out}
-    assert by_id["b"] == 1.0                 # b's own ranking agrees perfectly
-    assert by_id["a"] == 1.0                 # a has no previous scores: the mean of the others
+    assert by_id["b"] == 1.0  # b's own ranking agrees perfectly
+    assert by_id["a"] == 1.0  # a has no previous scores: the mean of the others
     assert counts["consistency_missing"] == 1
     # the fill is the mean of the known values, not a constant: make b's value 0.5 and a follows it
     half = [scored("b", 2, 1.0), scored("b", 0, 1.0), scored("b", 1, 1.0)]
-    assert {p["id"]: p["consistency"] for p in attach_consistency(pairs, cur, half, "kendall")[0]} == \
-        {"a": 0.5, "b": 0.5}
+    assert {p["id"]: p["consistency"] for p in attach_consistency(pairs, cur, half, "kendall")[0]} == {
+        "a": 0.5,
+        "b": 0.5,
+    }
     prev_reversed = [scored("b", 2, 1.0), scored("b", 0, 3.0), scored("b", 1, 2.0)]
     out, _ = attach_consistency(pairs, cur, prev_reversed + [scored("a", 0, 4.0), scored("a", 2, 2.0)], "kendall")
     assert {p["id"]: p["consistency"] for p in out} == {"a": 1.0, "b": 0.0}

@@ -1,4 +1,5 @@
 """`dvc repro` of the whole DAG on the tiny model, then the caching behaviour users rely on."""
+
 import json
 import re
 import sys
@@ -14,10 +15,12 @@ from srlm.modeling import load_tokenizer
 pytestmark = pytest.mark.e2e
 
 MODELS = ["sft_baseline", "m3"]
-ALL_STAGES = ["prepare_model", "prepare_seed", "sft_baseline", "build_eft", "sft"] + \
-    [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")] + \
-    [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer")] + \
-    ["head_to_head@m3_vs_sft_baseline", "report"]
+ALL_STAGES = (
+    ["prepare_model", "prepare_seed", "sft_baseline", "build_eft", "sft"]
+    + [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")]
+    + [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer")]
+    + ["head_to_head@m3_vs_sft_baseline", "report"]
+)
 
 
 def ran(output: str) -> set[str]:
@@ -86,7 +89,7 @@ def test_report_is_built_from_the_stage_outputs(project):
     for m in MODELS:
         judge = json.loads((d / artifacts.eval_metrics(m, "judge")).read_text())
         assert judge["sampled_pairs"] == judge["expected_pairs"] > 0
-        row = table(report, "model | pairwise acc %", m)   # the Table-2 row shows the stage's numbers
+        row = table(report, "model | pairwise acc %", m)  # the Table-2 row shows the stage's numbers
         assert float(row["pairwise acc %"]) == pytest.approx(100 * judge[f"{readout}_pairwise_accuracy"], abs=0.05)
         assert float(row["parse rate %"]) == pytest.approx(100 * judge["parse_rate"], abs=0.05)
         alpaca = json.loads((d / artifacts.alpaca_eval(m)).read_text())
@@ -94,8 +97,12 @@ def test_report_is_built_from_the_stage_outputs(project):
     h2h = json.loads((d / artifacts.matchup_metrics("m3_vs_sft_baseline")).read_text())
     assert h2h["win"] + h2h["tie"] + h2h["loss"] == h2h["n"] == 3
     row = table(report, "a vs b |", "m3 vs sft_baseline")
-    for col, key in (("win %", "win_rate"), ("tie %", "tie_rate"), ("loss %", "loss_rate"),
-                     ("win rate %", "win_rate_ties_half")):
+    for col, key in (
+        ("win %", "win_rate"),
+        ("tie %", "tie_rate"),
+        ("loss %", "loss_rate"),
+        ("win rate %", "win_rate_ties_half"),
+    ):
         assert float(row[col]) == pytest.approx(100 * h2h[key], abs=0.05), col
     assert int(row["n"]) == h2h["n"]
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
@@ -116,8 +123,20 @@ def test_second_repro_is_a_no_op(project):
 
 # What a stage may touch beyond its deps and outs: its params (tracked by dvc as params), the code (deps
 # checked by tests/test_dvc_graph.py), its own progress folder, MLflow's store and git's and dvc's files.
-NOT_ARTIFACTS = (".srlm/", "mlflow.db", "mlruns/", "mlartifacts/", ".git/", ".dvc/", "srlm/", "stages/",
-                 "params.yaml", "dvc.yaml", "dvc.lock", ".dvcignore")
+NOT_ARTIFACTS = (
+    ".srlm/",
+    "mlflow.db",
+    "mlruns/",
+    "mlartifacts/",
+    ".git/",
+    ".dvc/",
+    "srlm/",
+    "stages/",
+    "params.yaml",
+    "dvc.yaml",
+    "dvc.lock",
+    ".dvcignore",
+)
 
 
 def undeclared_files(d, log) -> dict:
@@ -133,8 +152,9 @@ def undeclared_files(d, log) -> dict:
         st = lock[r["stage"]]
         deps, outs = [x["path"] for x in st.get("deps", [])], [x["path"] for x in st.get("outs", [])]
         reads = [p for p in r["read"] if not p.startswith(NOT_ARTIFACTS) and not covered(p, deps + outs)]
-        writes = [p for p in r["write"] if not p.startswith(NOT_ARTIFACTS) and ".tmp-" not in p
-                  and not covered(p, outs)]
+        writes = [
+            p for p in r["write"] if not p.startswith(NOT_ARTIFACTS) and ".tmp-" not in p and not covered(p, outs)
+        ]
         if reads or writes:
             out[r["stage"]] = {"read": reads, "write": writes}
     return out
@@ -181,10 +201,10 @@ def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
     exp = dvc(["exp", "run", "-n", "samples2", "-S", "judge.samples=2"], d, SRLM_TRACKING="off")
     # every stage that reads judge.* reruns; what follows from their outputs reruns only where an output
     # changed (new scores can leave the same chosen and rejected texts, hence the same M2); nothing upstream
-    reads_judge = {"judge@1", "judge@2", "judge_prev@1", "judge_prev@2", "pairs@1", "report"} | \
-        {f"eval_judge@{m}" for m in MODELS}
-    downstream = reads_judge | {"pairs@2", "dpo@1", "dpo@2", "sample@2", "answer@m3",
-                                "head_to_head@m3_vs_sft_baseline"}
+    reads_judge = {"judge@1", "judge@2", "judge_prev@1", "judge_prev@2", "pairs@1", "report"} | {
+        f"eval_judge@{m}" for m in MODELS
+    }
+    downstream = reads_judge | {"pairs@2", "dpo@1", "dpo@2", "sample@2", "answer@m3", "head_to_head@m3_vs_sft_baseline"}
     assert reads_judge <= ran(exp.stdout) <= downstream, exp.stdout
     show = dvc(["exp", "show", "--csv"], d).stdout
     assert "judge.samples" in show
@@ -195,13 +215,24 @@ def test_cream_reuses_the_generation_stages(project):
     # The workspace holds the judge.samples=2 experiment; CREAM on top of it must not resample or rejudge
     # iteration 1, only add the previous model's judgments and retrain.
     log = d.parent / "files-cream.jsonl"
-    exp = dvc(["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"], d, SRLM_TRACKING="off",
-              SRLM_AUDIT_FILES=str(log))
+    exp = dvc(
+        ["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"],
+        d,
+        SRLM_TRACKING="off",
+        SRLM_AUDIT_FILES=str(log),
+    )
     # judge_prev and pairs rerun; what follows reruns only where an output changed (C = 1 on every pair of
     # an iteration is plain DPO, the same M2); never sampling or judging of iteration 1
     certain = {"judge_prev@1", "judge_prev@2", "pairs@1", "dpo@1", "report"}
-    downstream = certain | {"pairs@2", "dpo@2", "sample@2", "judge@2", "eval_judge@m3", "answer@m3",
-                            "head_to_head@m3_vs_sft_baseline"}
+    downstream = certain | {
+        "pairs@2",
+        "dpo@2",
+        "sample@2",
+        "judge@2",
+        "eval_judge@m3",
+        "answer@m3",
+        "head_to_head@m3_vs_sft_baseline",
+    }
     assert certain <= ran(exp.stdout) <= downstream, exp.stdout
     assert not undeclared_files(d, log)  # judge_prev reads the previous model, which is its dep
     for t, prev in ((1, "m0"), (2, "m1")):  # iteration 1 compares with m0, as in CREAM's code

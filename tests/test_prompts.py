@@ -28,15 +28,23 @@ def test_filter_drops_and_counts():
     seeds = ["Explain how rainbows form.", "Write a haiku about autumn leaves."]
     f = PromptFilter(seeds, min_words=3, max_words=10)
     assert f.add("Describe how volcanoes erupt and why.")
-    assert not f.add("describe how volcanoes erupt and why")          # duplicate after normalisation
-    assert not f.add("Explain how rainbows form.")                      # a seed
-    assert not f.add("Explain how the rainbows form.")                  # near copy of a seed
+    assert not f.add("describe how volcanoes erupt and why")  # duplicate after normalisation
+    assert not f.add("Explain how rainbows form.")  # a seed
+    assert not f.add("Explain how the rainbows form.")  # near copy of a seed
     assert not f.add("")
     assert not f.add("Hi")
     assert not f.add("word " * 11)
     assert not f.add("Task 3: list things")
-    assert f.counts == {"kept": 1, "empty": 1, "too_short": 1, "too_long": 1, "bad_format": 1,
-                        "duplicate_of_seed": 1, "seed_leak": 1, "duplicate": 1}
+    assert f.counts == {
+        "kept": 1,
+        "empty": 1,
+        "too_short": 1,
+        "too_long": 1,
+        "bad_format": 1,
+        "duplicate_of_seed": 1,
+        "seed_leak": 1,
+        "duplicate": 1,
+    }
 
 
 def test_pick_shots_is_seeded_and_respects_length():
@@ -48,14 +56,16 @@ def test_pick_shots_is_seeded_and_respects_length():
 
 def test_filter_drops_evaluation_instructions_and_earlier_iterations_prompts():
     seeds = ["Explain how rainbows form.", "Write a haiku about autumn leaves."]
-    reserved = {"eval_leak": ["Give three tips for sleeping better at night."],
-                "earlier_iteration": ["List four uses of baking soda at home."]}
+    reserved = {
+        "eval_leak": ["Give three tips for sleeping better at night."],
+        "earlier_iteration": ["List four uses of baking soda at home."],
+    }
     f = PromptFilter(seeds, min_words=3, max_words=20, reserved=reserved)
-    assert not f.add("Give three tips for sleeping better at night.")        # an evaluation instruction
-    assert not f.add("Give 3 tips for sleeping better at night")             # nearly one
-    assert not f.add("List four uses of baking soda in the home.")           # an earlier iteration's prompt
+    assert not f.add("Give three tips for sleeping better at night.")  # an evaluation instruction
+    assert not f.add("Give 3 tips for sleeping better at night")  # nearly one
+    assert not f.add("List four uses of baking soda in the home.")  # an earlier iteration's prompt
     assert f.add("Describe the water cycle for a ten-year-old.")
-    assert not f.add("Describe the water cycle for a ten year old child.")   # near copy of a kept one
+    assert not f.add("Describe the water cycle for a ten year old child.")  # near copy of a kept one
     assert f.add("Suggest a name for a bakery that sells only bread.")
     assert f.counts["eval_leak"] == 2 and f.counts["earlier_iteration"] == 1
     assert f.counts["duplicate"] == 1 and f.counts["kept"] == 2
@@ -70,14 +80,20 @@ def test_near_duplicate_index_agrees_with_the_full_comparison():
     from srlm.prompts import NEAR_DUPLICATE, NearDuplicates, normalize
 
     root = Path(__file__).resolve().parent.parent / "data" / "builtin"
-    texts = [json.loads(line)["instruction"] for name in ("ift.jsonl", "ranked.jsonl", "gold_judgments.jsonl")
-             for line in (root / name).read_text().splitlines()]
+    texts = [
+        json.loads(line)["instruction"]
+        for name in ("ift.jsonl", "ranked.jsonl", "gold_judgments.jsonl")
+        for line in (root / name).read_text().splitlines()
+    ]
     texts += ["Explain how rainbows form.", "explain how the rainbows form", "Explain rainbows."]
     idx = NearDuplicates()
     for i, t in enumerate(texts):
         idx.add(t, i)
     norm = [normalize(t) for t in texts]
     for i, t in enumerate(texts):
-        full = [j for j in range(len(texts)) if norm[j] == norm[i] or
-                difflib.SequenceMatcher(None, norm[j], norm[i]).ratio() >= NEAR_DUPLICATE]
+        full = [
+            j
+            for j in range(len(texts))
+            if norm[j] == norm[i] or difflib.SequenceMatcher(None, norm[j], norm[i]).ratio() >= NEAR_DUPLICATE
+        ]
         assert idx.matches(t) == full, t

@@ -4,6 +4,7 @@ clean. What is pinned so that they agree: the thread count (SRLM_THREADS, set by
 every sampling seed (derived from params.seed, the stage and the progress shard), the data order of
 the trainers (seed, data_seed), and greedy decoding in evaluation. What is left out of the
 comparison, and why, is in NONDETERMINISTIC."""
+
 import pytest
 import yaml
 
@@ -13,7 +14,10 @@ pytestmark = pytest.mark.e2e
 
 # Outputs that record wall-clock time: they differ between any two runs by design.
 NONDETERMINISTIC = {
-    "metrics/sft_baseline.json", "metrics/sft.json", "data/it1/metrics/dpo.json", "data/it2/metrics/dpo.json",
+    "metrics/sft_baseline.json",
+    "metrics/sft.json",
+    "data/it1/metrics/dpo.json",
+    "data/it2/metrics/dpo.json",
     "metrics/prepare_model.json",
 }
 
@@ -32,4 +36,4 @@ def test_two_clean_runs_agree_on_every_deterministic_output(repro_project, tmp_p
     assert first.keys() == second.keys()
     differ = sorted(p for p in first if first[p] != second[p] and p not in NONDETERMINISTIC)
     assert not differ, f"outputs that differ between two clean runs: {differ}"
-    assert len(first) - len(NONDETERMINISTIC) >= 30   # the comparison covers the whole DAG
+    assert len(first) - len(NONDETERMINISTIC) >= 30  # the comparison covers the whole DAG

@@ -1,4 +1,5 @@
 """ResumableGenerator: shards saved as they finish, reused after an interruption, checked on load."""
+
 import hashlib
 import json
 import logging
@@ -24,8 +25,10 @@ class Stub:
 
     def next_token_probs(self, prompts, continuations, token_ids, desc="score"):
         self.calls.append(("probs", list(prompts)))
-        return [torch.tensor([[len(p) / 100 + len(c) / 1000 + t / 7 for t in token_ids] for c in cs])
-                for p, cs in zip(prompts, continuations)]
+        return [
+            torch.tensor([[len(p) / 100 + len(c) / 1000 + t / 7 for t in token_ids] for c in cs])
+            for p, cs in zip(prompts, continuations)
+        ]
 
 
 PROMPTS = [f"prompt {i}" for i in range(7)]
@@ -48,7 +51,7 @@ def test_one_shard_equals_the_plain_generator(tmp_path):
 def test_shards_sample_with_their_own_seeds(tmp_path):
     out = wrap(tmp_path, Stub()).generate(PROMPTS, SAMPLING)
     seeds = [c[0].text.split("|")[1] for c in out]
-    assert seeds[:3] == ["5"] * 3 and len(set(seeds)) == 3   # shard 0 keeps the seed; 3 shards, 3 seeds
+    assert seeds[:3] == ["5"] * 3 and len(set(seeds)) == 3  # shard 0 keeps the seed; 3 shards, 3 seeds
 
 
 def test_a_rerun_reads_every_shard_and_never_loads_the_model(tmp_path):
@@ -62,14 +65,14 @@ def test_an_interrupted_call_resumes_from_its_last_finished_shard(tmp_path):
     class Dies(Stub):
         def generate(self, prompts, params, desc="generate"):
             if len(self.calls) == 2:
-                raise KeyboardInterrupt   # Ctrl-C during the third shard
+                raise KeyboardInterrupt  # Ctrl-C during the third shard
             return super().generate(prompts, params, desc)
 
     with pytest.raises(KeyboardInterrupt):
         wrap(tmp_path, Dies()).generate(PROMPTS, SAMPLING)
     stub = Stub()
     resumed = wrap(tmp_path, stub).generate(PROMPTS, SAMPLING)
-    assert stub.calls == [("generate", PROMPTS[6:])]   # only the unfinished shard is computed
+    assert stub.calls == [("generate", PROMPTS[6:])]  # only the unfinished shard is computed
     assert resumed == wrap(tmp_path / "fresh", Stub()).generate(PROMPTS, SAMPLING)
 
 
@@ -78,7 +81,7 @@ def test_other_prompts_or_params_do_not_reuse_shards(tmp_path):
     stub = Stub()
     wrap(tmp_path, stub).generate(PROMPTS, SamplingParams(n=2, seed=6))
     wrap(tmp_path, stub).generate(["other"] + PROMPTS[1:], SAMPLING)
-    assert [len(c[1]) for c in stub.calls] == [3, 3, 1, 3]   # all of the first, only shard 0 of the second
+    assert [len(c[1]) for c in stub.calls] == [3, 3, 1, 3]  # all of the first, only shard 0 of the second
 
 
 @pytest.mark.parametrize("damage", ["truncate", "edit", "garbage"])
@@ -88,7 +91,7 @@ def test_a_damaged_shard_is_discarded_and_recomputed(tmp_path, caplog, damage):
     text = shard.read_text()
     if damage == "truncate":
         shard.write_text(text[: len(text) // 2])
-    elif damage == "edit":   # valid JSON, wrong content: caught by the checksum
+    elif damage == "edit":  # valid JSON, wrong content: caught by the checksum
         obj = json.loads(text)
         obj["rows"][0][0][0] = "tampered"
         shard.write_text(json.dumps(obj))
@@ -115,13 +118,14 @@ def test_work_dir_follows_the_fingerprint_and_drops_stale_folders(tmp_path):
     (model / "w.bin").write_bytes(b"1")
     a = work_dir("judge@1", {"k": 3}, [model], root=tmp_path / "p")
     assert work_dir("judge@1", {"k": 3}, [model], root=tmp_path / "p") == a
-    (model / "w.bin").write_bytes(b"2")   # a retrained model: its old progress must not be reused
+    (model / "w.bin").write_bytes(b"2")  # a retrained model: its old progress must not be reused
     b = work_dir("judge@1", {"k": 3}, [model], root=tmp_path / "p")
     assert b != a and not a.exists() and b.exists()
     assert fingerprint({"k": 3}, [model]) != fingerprint({"k": 4}, [model])
 
 
 # --- on the real (tiny) model, and the multi-round prompt generation ------------------------------------------
+
 
 class DiesOnCall:
     """The real generator, with Ctrl-C arriving during its `at`-th call."""
@@ -158,8 +162,9 @@ def test_next_token_probs_resume_on_the_real_model(tmp_path, real):
     conts = [[f"fine {i}\nScore:", "Score:"] for i in range(5)]
     targets = score_tokens(tok)[1]
     with pytest.raises(KeyboardInterrupt):
-        ResumableGenerator(lambda: DiesOnCall(real, at=2), tok, tmp_path / "p", 2).next_token_probs(prompts, conts,
-                                                                                                   targets)
+        ResumableGenerator(lambda: DiesOnCall(real, at=2), tok, tmp_path / "p", 2).next_token_probs(
+            prompts, conts, targets
+        )
     resumed = ResumableGenerator(lambda: real, tok, tmp_path / "p", 2)
     got = resumed.next_token_probs(prompts, conts, targets)
     assert (resumed.reused, resumed.computed) == (1, 2)
@@ -193,9 +198,15 @@ class TaskWriter:
     """Continues a few-shot prompt with one task, picked by the prompt and the seed among a few, so that
     rounds keep finding duplicates and generate_prompts needs several of them."""
 
-    TASKS = ["Plan a picnic for six friends.", "Explain how ocean tides work.", "Write a haiku about rain.",
-             "List three uses of copper.", "Translate good morning into French.", "Compare cats and dogs as pets.",
-             "Describe a volcano to a child."]
+    TASKS = [
+        "Plan a picnic for six friends.",
+        "Explain how ocean tides work.",
+        "Write a haiku about rain.",
+        "List three uses of copper.",
+        "Translate good morning into French.",
+        "Compare cats and dogs as pets.",
+        "Describe a volcano to a child.",
+    ]
 
     def __init__(self, die_in_round: int | None = None):
         self.die_in_round, self.rounds = die_in_round, []  # the round of each call (a shard)
@@ -209,8 +220,13 @@ class TaskWriter:
         return [[Completion(f" {self.TASKS[i]}\n", 8, "stop")] for i in pick]
 
 
-SEEDS = ["Summarize the plot of a novel you like.", "Give me a recipe for lentil soup.",
-         "How do I change a bicycle tyre?", "Suggest names for a bakery.", "What causes thunder?"]
+SEEDS = [
+    "Summarize the plot of a novel you like.",
+    "Give me a recipe for lentil soup.",
+    "How do I change a bicycle tyre?",
+    "Suggest names for a bakery.",
+    "What causes thunder?",
+]
 
 
 def test_gen_prompts_replays_its_finished_rounds_from_disk(tmp_path):
@@ -218,8 +234,17 @@ def test_gen_prompts_replays_its_finished_rounds_from_disk(tmp_path):
 
     def run(writer, where):
         g = ResumableGenerator(lambda: writer, None, tmp_path / where, shard_size=2)
-        out = generate_prompts(g, SEEDS, num_prompts=7, shots=3, max_attempts=6, min_words=2, max_words=40,
-                               sampling=SamplingParams(temperature=0.9, max_new_tokens=16), seed=5)  # 6 rounds
+        out = generate_prompts(
+            g,
+            SEEDS,
+            num_prompts=7,
+            shots=3,
+            max_attempts=6,
+            min_words=2,
+            max_words=40,
+            sampling=SamplingParams(temperature=0.9, max_new_tokens=16),
+            seed=5,
+        )  # 6 rounds
         return out, g
 
     ref = TaskWriter()

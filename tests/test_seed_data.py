@@ -1,4 +1,5 @@
 """The built-in seed data: schema, size and balance; and the oasst1 conversion on a fixture."""
+
 from collections import Counter
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from leakage import assert_no_leak, assert_project_has_no_leak
 from srlm.seed import BUILTIN_DIR, limit, load_gold, load_ift, load_oasst1, load_ranked, oasst1_split, split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "oasst1_messages.jsonl"
-TREES = Path(__file__).parent / "fixtures" / "oasst1_trees.jsonl"   # 60 trees: make_oasst1_trees.py
+TREES = Path(__file__).parent / "fixtures" / "oasst1_trees.jsonl"  # 60 trees: make_oasst1_trees.py
 
 
 def test_builtin_ift_size_and_categories():
@@ -31,7 +32,7 @@ def test_builtin_ranked_sets():
 
 
 def test_builtin_gold_judgments_span_scores_and_decouple_length():
-    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")   # also checks 'Score: N' matches the field
+    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")  # also checks 'Score: N' matches the field
     assert len(gold) >= 50
     hist = Counter(g["score"] for g in gold)
     assert all(hist[s] >= 5 for s in range(6)), hist
@@ -49,12 +50,16 @@ def test_split_is_seeded_disjoint_and_order_free():
 
 
 def test_split_keeps_near_duplicate_instructions_on_one_side_across_lists():
-    ift = [{"id": f"i{k:02d}", "instruction": r["instruction"]}
-           for k, r in enumerate(load_ift(BUILTIN_DIR / "ift.jsonl")[:40])]
-    gold = [{"id": f"g{k}", "instruction": r["instruction"].upper().rstrip(".")}
-            for k, r in enumerate(ift[:12])]                      # equal after normalisation
-    ranked = [{"id": f"r{k}", "instruction": "Please: " + r["instruction"]}
-              for k, r in enumerate(ift[6:18])]                   # nearly equal
+    ift = [
+        {"id": f"i{k:02d}", "instruction": r["instruction"]}
+        for k, r in enumerate(load_ift(BUILTIN_DIR / "ift.jsonl")[:40])
+    ]
+    gold = [
+        {"id": f"g{k}", "instruction": r["instruction"].upper().rstrip(".")} for k, r in enumerate(ift[:12])
+    ]  # equal after normalisation
+    ranked = [
+        {"id": f"r{k}", "instruction": "Please: " + r["instruction"]} for k, r in enumerate(ift[6:18])
+    ]  # nearly equal
     parts = split({"ift": ift, "ranked": ranked, "gold": gold}, 0.25, seed=3)
     train = {r["instruction"] for tr, _ in parts.values() for r in tr}
     held_out = {r["instruction"] for _, ev in parts.values() for r in ev}
@@ -78,17 +83,19 @@ def test_no_builtin_evaluation_instruction_is_equal_or_near_to_a_training_one(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SRLM_TRACKING", "off")
     prepare_seed.run(parse_params({}))
+
     def instructions(name):
         lines = (tmp_path / f"data/seed/{name}.jsonl").read_text().splitlines()
         return {json.loads(line)["instruction"] for line in lines}
+
     train = set().union(*(instructions(f"{n}_train") for n in ("ift", "ranked", "gold")))
     held_out = set().union(*(instructions(f"{n}_eval") for n in ("ift", "ranked", "gold")))
     assert len(held_out) >= 40 and len(train) >= 200
     assert_project_has_no_leak(tmp_path)
     counts = json.loads((tmp_path / "metrics/prepare_seed.json").read_text())
-    assert counts["gold_eval"] > 0 and counts["ranked_eval"] >= 10    # gold is split too
+    assert counts["gold_eval"] > 0 and counts["ranked_eval"] >= 10  # gold is split too
     reserved = [json.loads(line) for line in (tmp_path / "data/reserved/m1.jsonl").read_text().splitlines()]
-    assert {r["instruction"] for r in reserved} == held_out      # what generated prompts must avoid
+    assert {r["instruction"] for r in reserved} == held_out  # what generated prompts must avoid
 
 
 def test_oasst1_conversion_follows_the_paper():
@@ -117,14 +124,14 @@ def test_oasst1_split_in_the_paper_scale_profiles_proportions():
     """60 trees, the profile's switches with max_ift scaled from 4000 to 20: IFT from prompts with a
     rank-0 reply, the ranked sets from all the other prompts with ranked replies, neither sharing a prompt."""
     pool_ift, pool_ranked = load_oasst1(str(TREES))
-    assert len(pool_ift) == 45 and len(pool_ranked) == 50   # 40 + 5 with a rank-0 reply; 40 + 10 ranked
+    assert len(pool_ift) == 45 and len(pool_ranked) == 50  # 40 + 5 with a rank-0 reply; 40 + 10 ranked
     ift, ranked = oasst1_split(pool_ift, pool_ranked, max_ift=20, seed=1234)
     assert len(ift) == 20 and not {r["id"] for r in ift} & {r["id"] for r in ranked}
     singles = {f"oasst-t{i:03d}-p" for i in range(55, 60)}
     chosen_with_sets = len({r["id"] for r in ift} - singles)
-    assert len(ranked) == 50 - chosen_with_sets >= 30         # every prompt not used for IFT is a ranked set
+    assert len(ranked) == 50 - chosen_with_sets >= 30  # every prompt not used for IFT is a ranked set
     assert {f"oasst-t{i:03d}-p" for i in range(40, 50)} <= {r["id"] for r in ranked}
     parts = split({"ift": ift, "ranked": ranked, "gold": []}, 0.2, seed=1234)
     assert [len(x) for x in parts["ift"]] == [16, 4]
     assert [len(x) for x in parts["ranked"]] == [len(ranked) - round(0.2 * len(ranked)), round(0.2 * len(ranked))]
-    assert oasst1_split(pool_ift, pool_ranked, max_ift=20, seed=1234) == (ift, ranked)   # seeded
+    assert oasst1_split(pool_ift, pool_ranked, max_ift=20, seed=1234) == (ift, ranked)  # seeded

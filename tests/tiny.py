@@ -4,6 +4,7 @@ A randomly initialised model never writes `Score: N`, so the pipeline would stop
 The checkpoint is therefore taught for a few hundred steps to answer any chat turn with a few
 words and a final `Score: N` (N random), which is all the stages need to run for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _corpus() -> list[str]:
     # The judge's endings, so that " 0" .. " 5" (and " A", " B") are one token each as in real tokenizers:
     # the readouts refuse a tokenizer that writes some labels with more tokens than others.
-    texts = [(ROOT / "srlm/templates/judge_additive.txt").read_text()] + \
-        [f"Score: {d}\nWinner: {w}" for d in range(6) for w in "AB"] * 20
+    texts = [(ROOT / "srlm/templates/judge_additive.txt").read_text()] + [
+        f"Score: {d}\nWinner: {w}" for d in range(6) for w in "AB"
+    ] * 20
     for name in ("ift.jsonl", "gold_judgments.jsonl"):
         for line in (ROOT / "data/builtin" / name).read_text().splitlines():
             rec = json.loads(line)
@@ -37,11 +41,17 @@ def build_tokenizer(out_dir: Path):
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=768, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=768, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tk.train_from_iterator(_corpus(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     tok.chat_template = CHATML
     tok.save_pretrained(out_dir)
     return tok
@@ -54,10 +64,20 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, train_steps: int = 300)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok = build_tokenizer(out_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     words = "the a answer is good short clear list of ideas water sun code data yes no".split()
     prompts = [t[:120] for t in _corpus()[1:200]]
@@ -67,8 +87,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, train_steps: int = 300)
         batch = []
         for _ in range(8):
             reply = " ".join(rng.choices(words, k=rng.randint(2, 6))) + f"\nScore: {rng.randint(0, 5)}"
-            text = tok.apply_chat_template([{"role": "user", "content": rng.choice(prompts)},
-                                            {"role": "assistant", "content": reply}], tokenize=False)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": rng.choice(prompts)}, {"role": "assistant", "content": reply}],
+                tokenize=False,
+            )
             batch.append(text)
         enc = tok(batch, return_tensors="pt", padding=True)
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
@@ -85,4 +107,5 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, train_steps: int = 300)
 
 if __name__ == "__main__":
     import sys
+
     build_tiny_model(sys.argv[1])

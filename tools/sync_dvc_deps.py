@@ -4,6 +4,7 @@ among them. Data and model deps, comments and everything else are kept. Run afte
 
     .venv/bin/python tools/sync_dvc_deps.py
 """
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Bad input reaching real stage processes: each stops before any work with exit status 2 and a message
 that names the key, file or record and the fix, and leaves no output behind (so DVC stops the pipeline
 there instead of training on nothing)."""
+
 import json
 import shutil
 import subprocess
@@ -27,8 +28,13 @@ def stage(d: Path, script: str, *args: str, params: dict | None = None) -> subpr
     for section, values in (params or {}).items():
         p[section] = p.get(section, {}) | values if isinstance(values, dict) else values
     (d / "test-params.yaml").write_text(yaml.safe_dump(p))
-    return subprocess.run([sys.executable, f"stages/{script}.py", *args, "--params", "test-params.yaml"], cwd=d,
-                          capture_output=True, text=True, env=env(PYTHONPATH=str(d), SRLM_TRACKING="off"))
+    return subprocess.run(
+        [sys.executable, f"stages/{script}.py", *args, "--params", "test-params.yaml"],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        env=env(PYTHONPATH=str(d), SRLM_TRACKING="off"),
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -43,20 +49,38 @@ def test_a_mistyped_param_stops_the_stage_before_it_reads_anything(project):
 
 
 def test_a_malformed_user_file_names_the_line_and_nothing_is_written(project):
-    rows = [{"id": "a", "instruction": "Name a river.", "response": "The Nile."},
-            {"id": "b", "instruction": "Name a sea.", "response": "The Baltic."},
-            {"id": "c", "response": "Everest."}]
+    rows = [
+        {"id": "a", "instruction": "Name a river.", "response": "The Nile."},
+        {"id": "b", "instruction": "Name a sea.", "response": "The Baltic."},
+        {"id": "c", "response": "Everest."},
+    ]
     write_jsonl(project / "my_ift.jsonl", rows)
-    p = stage(project, "prepare_seed", params={"seed_data": {"source": "jsonl", "ift_path": "my_ift.jsonl",
-                                                             "ranked_path": "data/builtin/ranked.jsonl"}})
+    p = stage(
+        project,
+        "prepare_seed",
+        params={
+            "seed_data": {"source": "jsonl", "ift_path": "my_ift.jsonl", "ranked_path": "data/builtin/ranked.jsonl"}
+        },
+    )
     assert p.returncode == 2
     assert "my_ift.jsonl:3: missing field 'instruction'" in p.stderr
     assert not (project / "data/seed").exists()
 
 
 def test_an_iteration_without_usable_pairs_stops_with_the_parse_rate(project):
-    judged = [{"prompt_id": f"p{i}", "candidate_id": f"p{i}-c{j}", "prompt": f"Prompt {i}", "response": f"r{j}",
-               "score": None, "sampled_score": None, "expected_score": None} for i in range(3) for j in range(4)]
+    judged = [
+        {
+            "prompt_id": f"p{i}",
+            "candidate_id": f"p{i}-c{j}",
+            "prompt": f"Prompt {i}",
+            "response": f"r{j}",
+            "score": None,
+            "sampled_score": None,
+            "expected_score": None,
+        }
+        for i in range(3)
+        for j in range(4)
+    ]
     write_jsonl(project / "data/it1/judgments.jsonl", judged)
     p = stage(project, "pairs", "--iteration", "1")
     assert p.returncode == 2
@@ -65,13 +89,25 @@ def test_an_iteration_without_usable_pairs_stops_with_the_parse_rate(project):
     assert not (project / "data/it1/pairs.jsonl").exists()
 
 
-@pytest.mark.parametrize("max_length,needle", [
-    (16, "every one of the 2 training examples has a prompt of at least dpo.max_length = 16 tokens"),
-    (8192, "params.yaml: dpo.max_length = 8192 is longer than the model's context of 4096 tokens"),
-], ids=["prompts-too-long", "beyond-context"])
+@pytest.mark.parametrize(
+    "max_length,needle",
+    [
+        (16, "every one of the 2 training examples has a prompt of at least dpo.max_length = 16 tokens"),
+        (8192, "params.yaml: dpo.max_length = 8192 is longer than the model's context of 4096 tokens"),
+    ],
+    ids=["prompts-too-long", "beyond-context"],
+)
 def test_training_data_that_does_not_fit_max_length_stops_dpo_before_training(project, max_length, needle):
-    pairs = [{"id": f"p{i}", "kind": "preference", "prompt": "Explain how rivers carve valleys over time. " * 3,
-              "chosen": "Water erodes rock.", "rejected": "No."} for i in range(2)]
+    pairs = [
+        {
+            "id": f"p{i}",
+            "kind": "preference",
+            "prompt": "Explain how rivers carve valleys over time. " * 3,
+            "chosen": "Water erodes rock.",
+            "rejected": "No.",
+        }
+        for i in range(2)
+    ]
     write_jsonl(project / "data/it1/pairs.jsonl", pairs)
     p = stage(project, "dpo", "--iteration", "1", params={"dpo": {"max_length": max_length}})
     assert p.returncode == 2, p.stderr[-2000:]

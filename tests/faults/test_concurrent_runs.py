@@ -2,6 +2,7 @@
 (DVC's lock on its outputs), touches nothing, and the first finishes; experiments queued and run two at a
 time (`dvc queue start -j 2`) each finish, and every MLflow run lands in the workspace's store, not in the
 experiment's temporary copy that DVC deletes."""
+
 import json
 import shutil
 import sqlite3
@@ -20,12 +21,16 @@ PROGRESS = Path(".srlm/progress/sample_1")
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
-    d = make_project(tmp_path_factory.mktemp("concurrent"), tiny_model_dir, {
-        "generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 24}})
+    d = make_project(
+        tmp_path_factory.mktemp("concurrent"),
+        tiny_model_dir,
+        {"generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 24}},
+    )
     shutil.copytree(tiny_model_dir, d / "models/m1")
     (d / "data/it1").mkdir(parents=True)
     (d / "data/it1/prompts.jsonl").write_text(
-        "".join(json.dumps({"id": f"it1-p{i:04d}", "prompt": f"Write about item {i}"}) + "\n" for i in range(12)))
+        "".join(json.dumps({"id": f"it1-p{i:04d}", "prompt": f"Write about item {i}"}) + "\n" for i in range(12))
+    )
     return d
 
 
@@ -49,7 +54,7 @@ def test_a_second_dvc_repro_while_one_runs_stops_at_the_busy_stage(project):
     assert "sample@1" not in dvc(["status", "sample@1"], d).stdout  # recorded in dvc.lock: up to date
 
 
-STAGE = '''import os, time, yaml
+STAGE = """import os, time, yaml
 from srlm.progress import clear, work_dir
 from srlm.tracking import log_metrics, stage_run
 x = yaml.safe_load(open("params.yaml"))["x"]
@@ -60,7 +65,7 @@ with stage_run("s", {"x": x}):
     time.sleep(2)  # both experiments at once
     open("out.txt", "w").write(str(x))
     clear(progress)
-'''
+"""
 
 
 def test_queued_experiments_run_two_at_once_and_keep_their_mlflow_runs(tmp_path):
@@ -68,8 +73,9 @@ def test_queued_experiments_run_two_at_once_and_keep_their_mlflow_runs(tmp_path)
     d.mkdir()
     (d / "params.yaml").write_text("x: 1\n")
     (d / "stage.py").write_text(STAGE)
-    (d / "dvc.yaml").write_text("stages:\n  s:\n    cmd: python stage.py\n    deps: [stage.py]\n    params: [x]\n"
-                                "    outs: [out.txt]\n")
+    (d / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: python stage.py\n    deps: [stage.py]\n    params: [x]\n    outs: [out.txt]\n"
+    )
     (d / ".gitignore").write_text("mlflow.db\n.srlm/\n")
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run(["git", "init", "-q"], d)
@@ -93,8 +99,9 @@ def test_queued_experiments_run_two_at_once_and_keep_their_mlflow_runs(tmp_path)
         dvc(["queue", "stop", "--kill"], d, check=False)
     assert status.count("Success") == 2, status
     with sqlite3.connect(d / "mlflow.db") as db:
-        runs = db.execute("SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                          "AND t.key = 'dvc_exp'").fetchall()
+        runs = db.execute(
+            "SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'dvc_exp'"
+        ).fetchall()
     assert sorted(runs) == [("FINISHED", ""), ("FINISHED", "x2"), ("FINISHED", "x3")]
     shown = dvc(["exp", "show", "--json"], d).stdout
     assert '"x2"' in shown and '"x3"' in shown

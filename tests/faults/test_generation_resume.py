@@ -2,6 +2,7 @@
 killed by SIGINT, SIGTERM or SIGKILL mid-run, a damaged progress shard, a full disk. Each time the
 previous output stays intact, nothing half-written is left, and the rerun resumes from the finished
 shards and writes exactly what an uninterrupted run writes."""
+
 import json
 import resource
 import shutil
@@ -23,17 +24,22 @@ HELD = 2  # shards finished when the signal lands
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
-    d = make_project(tmp_path_factory.mktemp("faults"), tiny_model_dir, {
-        "generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 48}})
+    d = make_project(
+        tmp_path_factory.mktemp("faults"),
+        tiny_model_dir,
+        {"generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 48}},
+    )
     shutil.copytree(tiny_model_dir, d / "models/m1")
     words = "water sun code data list ideas short clear answer good".split()
-    prompts = [{"id": f"it1-p{i:04d}", "prompt": f"Write about {words[i % 10]} and {words[(3 * i) % 10]} {i}"}
-               for i in range(24)]
+    prompts = [
+        {"id": f"it1-p{i:04d}", "prompt": f"Write about {words[i % 10]} and {words[(3 * i) % 10]} {i}"}
+        for i in range(24)
+    ]
     (d / "data/it1").mkdir(parents=True)
     (d / "data/it1/prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     reference = stage(d)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    assert not (d / PROGRESS).exists()   # removed once the output is written
+    assert not (d / PROGRESS).exists()  # removed once the output is written
     return d, (d / OUT).read_bytes()
 
 
@@ -78,11 +84,11 @@ def test_a_killed_stage_keeps_its_previous_output_and_the_rerun_resumes(project,
     # The output first: replaced would mean the stage had finished before the signal.
     assert (d / OUT).read_text() == "previous output\n", p.stderr[-3000:]
     assert p.returncode == EXIT[sig], p.stderr[-3000:]
-    if sig != signal.SIGKILL:   # the handled signals say what happened; SIGKILL gives no chance to
+    if sig != signal.SIGKILL:  # the handled signals say what happened; SIGKILL gives no chance to
         assert ("interrupted" if sig == signal.SIGINT else "terminated") in p.stderr, p.stderr[-3000:]
     assert not leftovers(d), p.stderr[-3000:]
     assert len(shards(d)) == HELD
-    if sig == signal.SIGKILL:   # what a writer killed mid-write leaves: swept by the rerun, checked below
+    if sig == signal.SIGKILL:  # what a writer killed mid-write leaves: swept by the rerun, checked below
         (d / "data/it1" / f".candidates.jsonl.tmp-{p.pid}-x").write_text("half")
         (shards(d)[0].parent / f".generate-0.json.tmp-{p.pid}-x").write_text("half")
 
@@ -98,7 +104,7 @@ def test_a_damaged_shard_is_recomputed(project):
     p = start_and_kill(CMD, d, signal.SIGKILL, after_shards=3)
     assert p.returncode == -signal.SIGKILL and len(shards(d)) == 3, p.stderr[-3000:]
     victim = shards(d)[1]
-    victim.write_text(victim.read_text()[:40])   # torn write of a copy, a bad disk block...
+    victim.write_text(victim.read_text()[:40])  # torn write of a copy, a bad disk block...
     rerun = stage(d)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "damaged progress shard, discarded and recomputed" in rerun.stderr
@@ -139,15 +145,21 @@ def test_ctrl_c_on_dvc_repro_then_dvc_repro_resumes(project, shell, status):
         assert not (d / OUT).exists()
 
     # --force: the other shell's case has left the stage up to date (and its output in the cache)
-    p = start_and_kill([str(Path(sys.executable).parent / "dvc"), "repro", "--force", "--single-item", "sample@1"], d,
-                       signal.SIGINT, while_held=not_written, SHELL=shell)
+    p = start_and_kill(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "--force", "--single-item", "sample@1"],
+        d,
+        signal.SIGINT,
+        while_held=not_written,
+        SHELL=shell,
+    )
     assert not (d / OUT).exists(), p.stderr[-3000:]
     # dvc ignores SIGINT while its stage runs; the stage's interruption is a failed stage to it: dvc exits 255
     assert "interrupted" in p.stderr and f"exited with {status}" in p.stderr, p.stderr[-3000:]
     assert p.returncode == 255, p.stderr[-3000:]
     assert len(shards(d)) == HELD and not leftovers(d)
-    rerun = dvc(["repro", "--force", "--single-item", "sample@1"], d,
-                SRLM_TRACKING="off", PYTHONPATH=str(d), SHELL=shell)
+    rerun = dvc(
+        ["repro", "--force", "--single-item", "sample@1"], d, SRLM_TRACKING="off", PYTHONPATH=str(d), SHELL=shell
+    )
     assert f"resumed, {HELD} of 12 shards" in rerun.stderr + rerun.stdout, rerun.stderr[-3000:]
     assert (d / OUT).read_bytes() == reference
     assert not leftovers(d) and not (d / PROGRESS).exists()

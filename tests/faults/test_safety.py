@@ -1,5 +1,6 @@
 """The tool's own safety: model output is data, never code; remote code only when asked for; the
 documented MLflow server listens on localhost only."""
+
 import ast
 import re
 from pathlib import Path

@@ -3,6 +3,7 @@ dpo@1 with CREAM's loss, killed by SIGINT, SIGTERM or SIGKILL right after a chec
 newest checkpoints damaged. The previous output stays intact, nothing half-written is left, and the rerun
 resumes from the last complete checkpoint without redoing its steps and writes the same weights as an
 uninterrupted run (or starts clean when no checkpoint is usable)."""
+
 import importlib.util
 import json
 import logging
@@ -57,12 +58,24 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, model):
-    d = make_project(tmp_path_factory.mktemp("train_faults"), model, {"sft": {
-        "max_ift_examples": SFT.steps, "batch_size": 1, "grad_accum": 1, "max_length": 96, "learning_rate": 1e-3,
-        "save_steps": 1, "lora": LORA}})
+    d = make_project(
+        tmp_path_factory.mktemp("train_faults"),
+        model,
+        {
+            "sft": {
+                "max_ift_examples": SFT.steps,
+                "batch_size": 1,
+                "grad_accum": 1,
+                "max_length": 96,
+                "learning_rate": 1e-3,
+                "save_steps": 1,
+                "lora": LORA,
+            }
+        },
+    )
     shutil.copytree(model, d / "models/m0")
     (d / "data/seed").mkdir(parents=True)
-    lines = (d / "data/builtin/ift.jsonl").read_text().splitlines()[:SFT.steps]
+    lines = (d / "data/builtin/ift.jsonl").read_text().splitlines()[: SFT.steps]
     (d / "data/seed/ift_train.jsonl").write_text("\n".join(lines) + "\n")
     reference = run_in_process(d)
     assert not any((d / SFT.work).glob("*")), "the checkpoints are removed once the model is written"
@@ -72,15 +85,37 @@ def project(tmp_path_factory, model):
 @pytest.fixture(scope="module")
 def dpo_project(tmp_path_factory, model):
     """CREAM's dpo@1 from m1 (the untrained tiny model) on 6 pairs with their consistency."""
-    d = make_project(tmp_path_factory.mktemp("dpo_faults"), model, {
-        "method": "cream", "cream": {"loss": "dynamic"},
-        "dpo": {"batch_size": 1, "grad_accum": 1, "max_length": 96, "learning_rate": 1e-3, "save_steps": 1,
-                "lora": LORA}})
+    d = make_project(
+        tmp_path_factory.mktemp("dpo_faults"),
+        model,
+        {
+            "method": "cream",
+            "cream": {"loss": "dynamic"},
+            "dpo": {
+                "batch_size": 1,
+                "grad_accum": 1,
+                "max_length": 96,
+                "learning_rate": 1e-3,
+                "save_steps": 1,
+                "lora": LORA,
+            },
+        },
+    )
     shutil.copytree(model, d / "models/m1")
     words = "water sun code data list ideas".split()
-    pairs = [{"id": f"it1-p{i}", "kind": "preference", "prompt": f"Write about {w}.", "chosen": f"{w} is good " * 3,
-              "rejected": f"no {w}", "chosen_score": 4.0, "rejected_score": 1.0, "consistency": c}
-             for i, (w, c) in enumerate(zip(words, CS))]
+    pairs = [
+        {
+            "id": f"it1-p{i}",
+            "kind": "preference",
+            "prompt": f"Write about {w}.",
+            "chosen": f"{w} is good " * 3,
+            "rejected": f"no {w}",
+            "chosen_score": 4.0,
+            "rejected_score": 1.0,
+            "consistency": c,
+        }
+        for i, (w, c) in enumerate(zip(words, CS))
+    ]
     (d / "data/it1").mkdir(parents=True)
     (d / "data/it1/pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     seen = []
@@ -136,8 +171,9 @@ def start_and_kill(d: Path, sig: int, st: Stage = SFT) -> subprocess.CompletedPr
         assert newest.name == f"checkpoint-{HELD}" and training._checkpoint_problem(newest) is None
         assert previous_output_kept(d, st)
 
-    return kill_when(st.cmd, d, sig, HELD, complete_and_untouched, PYTHONPATH=str(d), SRLM_TRACKING="off",
-                     SRLM_THREADS="1")
+    return kill_when(
+        st.cmd, d, sig, HELD, complete_and_untouched, PYTHONPATH=str(d), SRLM_TRACKING="off", SRLM_THREADS="1"
+    )
 
 
 def previous_output_kept(d: Path, st: Stage) -> bool:
@@ -164,9 +200,11 @@ def resumed_steps(caplog, st: Stage = SFT) -> tuple[int, list[int]]:
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
 
 
-@pytest.mark.parametrize("st,sig", [(SFT, signal.SIGINT), (SFT, signal.SIGTERM), (SFT, signal.SIGKILL),
-                                    (DPO, signal.SIGTERM)], ids=["sft-SIGINT", "sft-SIGTERM", "sft-SIGKILL",
-                                                                 "cream-dpo-SIGTERM"])
+@pytest.mark.parametrize(
+    "st,sig",
+    [(SFT, signal.SIGINT), (SFT, signal.SIGTERM), (SFT, signal.SIGKILL), (DPO, signal.SIGTERM)],
+    ids=["sft-SIGINT", "sft-SIGTERM", "sft-SIGKILL", "cream-dpo-SIGTERM"],
+)
 def test_a_killed_training_stage_resumes_from_its_last_checkpoint(request, st, sig, caplog):
     d, reference = request.getfixturevalue("project" if st is SFT else "dpo_project")[:2]
     shutil.rmtree(d / st.out, ignore_errors=True)
@@ -217,8 +255,10 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(project, damage, mon
 
     caplog.set_level(logging.INFO, logger="srlm.training")
     assert_same_weights(run_in_process(d), reference)
-    assert any("checkpoint-3" in r.getMessage() and "skipped" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any(
+        "checkpoint-3" in r.getMessage() and "skipped" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
     assert resumed_steps(caplog) == (2, list(range(3, SFT.steps + 1)))
     assert not checkpoints(d)
 
@@ -231,8 +271,12 @@ def test_with_every_checkpoint_damaged_the_stage_starts_clean(project, monkeypat
 
     caplog.set_level(logging.INFO, logger="srlm.training")
     assert_same_weights(run_in_process(d), reference)
-    skipped = {n for r in caplog.records for n in ("checkpoint-2", "checkpoint-3")
-               if n in r.getMessage() and "skipped" in r.getMessage() and r.levelno == logging.WARNING}
+    skipped = {
+        n
+        for r in caplog.records
+        for n in ("checkpoint-2", "checkpoint-3")
+        if n in r.getMessage() and "skipped" in r.getMessage() and r.levelno == logging.WARNING
+    }
     assert skipped == {"checkpoint-2", "checkpoint-3"}
     assert resumed_steps(caplog) == (0, list(range(1, SFT.steps + 1)))  # no "resumed from": every step trained
     assert not checkpoints(d)
@@ -267,16 +311,18 @@ def test_checkpoints_of_other_inputs_are_never_resumed(project, monkeypatch):
     a = training.checkpoint_dir("sft", {"sft": {"lr": 1}}, model, examples, dist)
     assert training.checkpoint_dir("sft", {"sft": {"lr": 1}}, model, examples, dist) == a
     (a / "checkpoint-1").mkdir()
-    for other in [({"sft": {"lr": 2}}, model, examples, dist), ({"sft": {"lr": 1}}, model, examples * 2, dist),
-                  ({"sft": {"lr": 1}}, model, examples, DistributedConfig(num_processes=2))]:
+    for other in [
+        ({"sft": {"lr": 2}}, model, examples, dist),
+        ({"sft": {"lr": 1}}, model, examples * 2, dist),
+        ({"sft": {"lr": 1}}, model, examples, DistributedConfig(num_processes=2)),
+    ]:
         b = training.checkpoint_dir("sft", *other)
         assert b != a and training.last_checkpoint(b) is None
     assert not a.exists()  # a new fingerprint removes the stale folders of its stage
     assert SftConfig().save_steps >= 1  # checkpoints are on by default
 
 
-def test_the_checkpoint_fingerprint_covers_the_start_models_files_and_the_training_code(project, monkeypatch,
-                                                                                        tmp_path):
+def test_the_checkpoint_fingerprint_covers_the_start_models_files_and_the_training_code(project, monkeypatch, tmp_path):
     from srlm.config import DistributedConfig
 
     monkeypatch.chdir(project[0])

@@ -71,7 +71,8 @@ class GenerationConfig:
     # auto: vLLM where it imports and a GPU is present, else transformers (srlm.generation.resolve_backend)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     batch_size: int = positive(64)  # transformers only: decode rows per batch; vLLM schedules its own
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 on a GPU or CPU with fast bf16 matrix units (AMX, AVX512-BF16), else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     shard_size: int = positive(32)  # prompts per progress shard: an interrupted stage resumes after its last
     tensor_parallel_size: int = positive(1)  # vllm: GPUs that one model is split over
     gpu_memory_utilization: float = positive(0.85)  # vllm: share of GPU memory for weights + KV cache
@@ -95,7 +96,8 @@ class TrainConfig:
     # DPO 1e-6 -> 1e-7); 0 = to zero.
     final_learning_rate: float = non_negative(0.0)
     gradient_checkpointing: bool = False  # saves memory on big models; costs an extra forward
-    # auto: bf16 on a CUDA GPU that has it, else fp32 (CPU). fp16 needs a CUDA GPU.
+    # auto: bf16 mixed precision on a GPU or CPU with fast bf16 matrix units (AMX, AVX512-BF16), else fp32.
+    # fp16 needs a CUDA GPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A Trainer checkpoint every save_steps optimizer steps, so an interrupted stage resumes from
     # it (0 = none). On CPU a LoRA checkpoint costs well under a second against a minute per step.

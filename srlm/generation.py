@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import derive_seed
-from .modeling import ModelError, context_length, load_model, load_tokenizer
+from .modeling import ModelError, context_length, load_model, load_tokenizer, resolve_dtype
 from .sampling import Completion, Generator, SamplingParams
 
 
@@ -413,7 +413,7 @@ def make_generator(
 ) -> Generator:
     """`generation.backend` picks the implementation. `batch_size` is the transformers backend's;
     vLLM schedules its own batches, and uses the tensor parallel and memory settings instead."""
-    backend = resolve_backend(backend)
+    backend, dtype = resolve_backend(backend), resolve_dtype(dtype)
     if backend == "transformers":
         model, tok = load_model(
             model_dir, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=register_fast_attention()

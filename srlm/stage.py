@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from . import artifacts
 from .config import ConfigError, load_params, section_dict
 from .io import DataError
-from .modeling import ModelError, load_tokenizer, set_threads
+from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads
 from .progress import work_dir
 from .resume import ResumableGenerator
 
@@ -151,22 +152,20 @@ def generator(params, model: str | Path, name: str):
     from .generation import make_generator  # torch: paid only by the stages that generate
 
     gen, trust = params.generation, params.model.trust_remote_code
+    dtype = resolve_dtype(gen.dtype)  # what `auto` means on this machine: in the progress key and the metrics
     model_dir = model if isinstance(model, Path) else artifacts.model_dir(model)
     tokenizer = load_tokenizer(model_dir, trust)
-    progress = work_dir(
-        name, {"generation": section_dict(gen), "model": str(model), "trust_remote_code": trust}, [model_dir]
+    key = {"generation": section_dict(gen) | {"dtype": dtype}, "model": str(model), "trust_remote_code": trust}
+    factory = functools.partial(
+        make_generator,
+        gen.backend,
+        model_dir,
+        gen.batch_size,
+        dtype,
+        trust,
+        gen.tensor_parallel_size,
+        gen.gpu_memory_utilization,
     )
-    return ResumableGenerator(
-        lambda: make_generator(
-            gen.backend,
-            model_dir,
-            gen.batch_size,
-            gen.dtype,
-            trust,
-            gen.tensor_parallel_size,
-            gen.gpu_memory_utilization,
-        ),
-        tokenizer,
-        progress,
-        gen.shard_size,
-    )
+    generator = ResumableGenerator(factory, tokenizer, work_dir(name, key, [model_dir]), gen.shard_size)
+    generator.dtype = dtype
+    return generator

@@ -25,7 +25,7 @@ from . import cream, progress
 from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
 from .io import DataError, atomic_dir, file_sha256
 from .launch import is_main_process
-from .modeling import context_length, load_model
+from .modeling import context_length, load_model, resolve_precision
 from .tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -225,13 +225,9 @@ def _section(cfg: TrainConfig) -> str:
 
 
 def _precision(choice: str) -> dict:
-    """TrainingArguments' bf16/fp16 for `precision`. auto: bf16 where a CUDA GPU supports it, else fp32;
-    the weights stay fp32 and the forward/backward run in the low precision (mixed precision)."""
-    cuda = torch.cuda.is_available()
-    if choice == "auto":
-        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if choice == "fp16" and not cuda:
-        raise ConfigError("params.yaml: precision fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+    """TrainingArguments' bf16/fp16 for `precision` (srlm.modeling.resolve_precision): the weights stay fp32
+    and the forward/backward run in the low precision (mixed precision, torch.autocast on a CPU)."""
+    choice = resolve_precision(choice)
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 
@@ -305,6 +301,7 @@ def _summary(trainer, result) -> dict:
         "train_loss": float(train_loss),
         "steps": int(trainer.state.global_step),
         "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
     }
     if logs:
         out["final_loss"] = float(logs[-1]["loss"])

@@ -32,7 +32,7 @@ def run(params, model):
         artifacts.responses(model).write(rows)
         alpaca = [{"instruction": r["instruction"], "output": r["output"], "generator": model} for r in rows]
         atomic_write_text(artifacts.alpaca_eval(model), json.dumps(alpaca, ensure_ascii=False, indent=1) + "\n")
-        write_metrics(artifacts.eval_metrics(model, "answer"), metrics | {"model": model})
+        write_metrics(artifacts.eval_metrics(model, "answer"), metrics | {"model": model, "dtype": generator.dtype})
         generator.clear()
 
 

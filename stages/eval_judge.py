@@ -20,7 +20,7 @@ def run(params, model):
         sampling = SamplingParams.of(cfg, n=cfg.samples, seed=derive_seed(params.seed, "eval_judge"))
         rows, metrics = judge_ranked_sets(generator, sets, sampling, cfg.scoring)
         artifacts.ranked_judgments(model).write(rows)
-        write_metrics(artifacts.eval_metrics(model, "judge"), metrics | {"model": model})
+        write_metrics(artifacts.eval_metrics(model, "judge"), metrics | {"model": model, "dtype": generator.dtype})
         generator.clear()
 
 

@@ -47,7 +47,7 @@ def run(params, key, it):
         taken += [{"instruction": p, "source": f"it{key}"} for p in prompts]
         artifacts.reserved(it["next"]).write(taken)
         log_artifact(out.path)
-        write_metrics(artifacts.iteration_metrics(key, "gen_prompts"), metrics)
+        write_metrics(artifacts.iteration_metrics(key, "gen_prompts"), metrics | {"dtype": generator.dtype})
         generator.clear()
 
 

@@ -40,7 +40,14 @@ def run(params, name, matchup):
         artifacts.verdicts(name).write(rows)
         write_metrics(
             artifacts.matchup_metrics(name),
-            metrics | {"a": matchup["a"], "b": matchup["b"], "judge": ev.judge, "verdict": ev.verdict},
+            metrics
+            | {
+                "a": matchup["a"],
+                "b": matchup["b"],
+                "judge": ev.judge,
+                "verdict": ev.verdict,
+                "dtype": generator.dtype,
+            },
         )
         generator.clear()
 

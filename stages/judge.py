@@ -18,7 +18,7 @@ def run(params, key, it):
         sampling = SamplingParams.of(cfg, n=cfg.samples, seed=derive_seed(params.seed, "judge", key))
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring)
         artifacts.judgments(key).write(rows)
-        write_metrics(artifacts.iteration_metrics(key, "judge"), metrics)
+        write_metrics(artifacts.iteration_metrics(key, "judge"), metrics | {"dtype": generator.dtype})
         generator.clear()
 
 

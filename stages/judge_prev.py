@@ -25,7 +25,8 @@ def run(params, key, it):
         rows, metrics = judge_candidates(generator, cands, sampling, cfg.scoring, desc=f"judge by {it['prev']}")
         artifacts.judgments_prev(key).write(rows)
         write_metrics(
-            artifacts.iteration_metrics(key, "judge_prev"), metrics | {"method": params.method, "model": it["prev"]}
+            artifacts.iteration_metrics(key, "judge_prev"),
+            metrics | {"method": params.method, "model": it["prev"], "dtype": generator.dtype},
         )
         generator.clear()
 

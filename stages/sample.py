@@ -28,6 +28,7 @@ def run(params, key, it):
                 "mean_response_tokens": mean(r["num_tokens"] for r in rows),
                 "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows),
                 "empty_responses": sum(not r["response"] for r in rows),
+                "dtype": generator.dtype,
             },
         )
         generator.clear()

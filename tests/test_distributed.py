@@ -19,12 +19,14 @@ from safetensors.torch import load_file
 
 from srlm import launch, training
 from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, derive_seed, parse_params
-from srlm.modeling import load_model
+from srlm.modeling import load_model, resolve_dtype
 from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP_YAML = str(ROOT / "configs/accelerate/fsdp.yaml")
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+# Process layouts are compared at fp32, where float sums are the only difference between them.
+FP32 = {"precision": "fp32"}
 
 # accelerate turns FSDP on for GPUs only; this makes it take the CPU with gloo as if it were one, in the
 # launched processes only. FSDP2's sharding, gathering and saving then run for real.
@@ -100,7 +102,7 @@ def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch
         tmp_path / "p",
         model_dir,
         "m0",
-        {"sft": {"batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": LORA}},
+        {"sft": {"batch_size": 2, "grad_accum": 1, "max_length": 64, "learning_rate": 1e-3, "lora": LORA, **FP32}},
     )
     (d / "data/seed").mkdir(parents=True)
     (d / "data/seed/ift_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -118,7 +120,7 @@ def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch
     generates(d / "models/sft_baseline")
 
     # One process with batch 4 sees the same 4 examples per step: the same loss and, up to float sums, weights.
-    cfg = SftConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(**LORA))
+    cfg = SftConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(**LORA), **FP32)
     examples = sft_examples([(r["instruction"], r["response"]) for r in rows])
     one = train_sft(model_dir, tmp_path / "one", examples, cfg, seed=derive_seed(1234, "sft"), work_dir=tmp_path / "w")
     assert metrics["first_loss"] == pytest.approx(one["first_loss"], abs=1e-5)
@@ -152,6 +154,7 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
                 "max_length": 64,
                 "learning_rate": 1e-3,
                 "lora": {"enabled": False},
+                **FP32,
             },
         },
     )
@@ -169,7 +172,9 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
     assert metrics["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
     generates(d / "models/m2")
 
-    cfg = DpoConfig(batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False))
+    cfg = DpoConfig(
+        batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False), **FP32
+    )
     one = train_dpo(
         model_dir,
         tmp_path / "one",
@@ -323,14 +328,29 @@ def test_bad_distributed_params_name_the_key(dist, needle, monkeypatch):
         parse_params({"distributed": dist})
 
 
-def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu(monkeypatch):
+@pytest.mark.parametrize("amx, avx512_bf16, auto", [(True, True, True), (False, True, True), (False, False, False)])
+def test_precision_auto_is_bf16_where_the_cpu_has_bf16_units_and_fp16_needs_a_gpu(monkeypatch, amx, avx512_bf16, auto):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training._precision("auto") == {"bf16": False, "fp16": False}
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert training._precision("auto") == {"bf16": auto, "fp16": False}
+    assert resolve_dtype("auto") == ("bfloat16" if auto else "float32")
     assert training._precision("bf16") == {"bf16": True, "fp16": False}
+    assert training._precision("fp32") == {"bf16": False, "fp16": False}
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         training._precision("fp16")
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, bf16):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert training._precision("auto") == {"bf16": True, "fp16": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert training._precision("auto") == {"bf16": bf16, "fp16": False}
+    assert resolve_dtype("auto") == ("bfloat16" if bf16 else "float32")
+    assert training._precision("fp16") == {"bf16": False, "fp16": True}
+
+
+def test_negative_save_steps_is_refused():
     with pytest.raises(ConfigError, match="save_steps = -1 must be >= 0"):
         parse_params({"dpo": {"save_steps": -1}})

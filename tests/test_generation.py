@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from srlm.generation import TransformersGenerator
@@ -77,3 +78,27 @@ def test_next_token_probs_equal_a_plain_forward(tiny):
             with torch.inference_mode():
                 ref = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[targets]
             assert torch.allclose(row, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (1.0, 0.95), (0.9, 1.0)])
+def test_the_nucleus_sampler_draws_from_transformers_top_p_distribution(temperature, top_p):
+    """The same distribution as TemperatureLogitsWarper + TopPLogitsWarper, including rows whose nucleus is
+    wider than the top k it searches first (the near-flat rows here)."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from srlm.generation import NucleusSampler
+
+    torch.manual_seed(0)
+    scores = torch.randn(6, 2000) * torch.tensor([[8.0], [3.0], [1.0], [0.1], [5.0], [2.0]])
+    expected = TemperatureLogitsWarper(temperature)(None, scores.clone())
+    if top_p < 1:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    expected = expected.softmax(-1)
+    sampler = NucleusSampler(temperature, top_p, k=64)
+    p, idx = sampler.nucleus(scores)
+    got = torch.zeros_like(scores).scatter_add_(-1, idx, p)
+    got = got / got.sum(-1, keepdim=True)
+    assert torch.equal(got > 0, expected > 0)
+    assert torch.allclose(got, expected, atol=1e-6)
+    drawn = sampler(None, scores).argmax(-1)  # one token per row, inside its nucleus
+    assert (expected.gather(-1, drawn[:, None]) > 0).all()

@@ -1,31 +1,38 @@
 """fp32 against bf16 on this machine, in one run, on the same inputs: what `precision: auto` and
 `generation.dtype: auto` buy where the CPU has bf16 units (AMX, AVX512-BF16), and how far bf16 departs.
 
-    python bench/precision.py [--model models/m0] [--prompts 16] [--max-new-tokens 64] [--steps 4]
+    python bench/precision.py [--model models/m0] [--prompts 16] [--max-new-tokens 64] [--seq 512]
 
-Prints, for each precision: a 2048x2048 matmul's GFLOP/s; an SFT step and a DPO step (LoRA r=16 as in
-params.yaml; seconds, tokens/s, GFLOP/s by the 6 x parameters x tokens convention and that as a share of
-the bf16 matmul rate); sample and judge new tokens/s; the expected-score readout's prompts/s. Then the
-departure of bf16 from fp32: the loss after --steps SFT steps, greedy agreement, the largest difference of
-an expected score. Uses models/m0 when it exists, else prepares the embedded default (SmolLM2-135M).
+Prints, for each precision: a 2048x2048 matmul's GFLOP/s; the pipeline's own SFT (12 IFT + 4 EFT
+examples) and DPO (12 pairs) training calls, batch 4, LoRA r=16 as in params.yaml: seconds per step after
+the first, tokens/s, GFLOP/s by the 6 x parameters x tokens convention and that as a share of the bf16
+matmul rate; sample and judge new tokens/s; the expected-score readout's prompts/s. Then the departure of
+bf16 from fp32: SFT's final loss, greedy agreement, the largest difference of an expected score. Uses
+models/m0 when it exists, else prepares the embedded default (SmolLM2-135M).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
+import tempfile
 import time
+from pathlib import Path
+from unittest import mock
 
 import torch
 from common import model_or_default
-from peft import LoraConfig, get_peft_model
+from transformers import TrainerCallback
 
+from srlm import training
+from srlm.config import DpoConfig, LoraConfig, SftConfig, derive_seed
 from srlm.generation import TransformersGenerator, register_fast_attention
 from srlm.modeling import fast_bf16, load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.scores import _before_score, expected_score, score_tokens
-from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
+from srlm.seed import BUILTIN_DIR, load_gold, load_ift, load_ranked
+from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -39,66 +46,26 @@ def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def autocast(precision: str):
-    # Training keeps fp32 weights and runs the matmuls in bf16 (what the Trainer's bf16=True does on a CPU).
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def train(kind: str, model_dir, examples, precision: str, seq: int, work: Path) -> dict:
+    """The pipeline's own training call (TRL's SFTTrainer or DPOTrainer, LoRA r=16 as in params.yaml), one
+    optimizer step per batch of 4; returns its summary plus the mean seconds of the steps after the first."""
+    lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=0.0)
+    common = dict(batch_size=4, grad_accum=1, max_length=seq, learning_rate=2e-4, precision=precision, save_steps=0)
+    times = []
 
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
 
-def lora_model(model_dir, seed: int = 0):
-    torch.manual_seed(seed)
-    model = load_model(model_dir)[0]
-    cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg).train()
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
 
-
-def batch(tok, texts: list[str], length: int) -> dict:
-    enc = tok(texts, return_tensors="pt", padding="max_length", truncation=True, max_length=length)
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
-
-
-def sft_steps(model, tok, texts, precision: str, steps: int, length: int) -> tuple[float, float]:
-    """Seconds per optimizer step (after one warm-up step) and the last loss."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    b = batch(tok, texts, length)
-    times, loss = [], None
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        with autocast(precision):
-            loss = model(**b).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i:
-            times.append(time.perf_counter() - t)
-    return sum(times) / len(times), float(loss.detach())
-
-
-def dpo_step(model, ref, tok, chosen, rejected, precision: str, length: int) -> float:
-    """One DPO step's work: policy forward/backward on chosen + rejected, reference forward without grad."""
-    b = batch(tok, chosen + rejected, length)
-
-    def logps(m):
-        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-        lp = torch.log_softmax(logits, -1).gather(-1, b["input_ids"][:, 1:, None])[..., 0]
-        return (lp * b["attention_mask"][:, 1:]).sum(-1)
-
-    def once():
-        with autocast(precision):
-            with torch.no_grad():
-                r = logps(ref)
-            p = logps(model)
-        n = len(chosen)
-        loss = -torch.nn.functional.logsigmoid(0.1 * ((p[:n] - r[:n]) - (p[n:] - r[n:]))).mean()
-        loss.backward()
-        model.zero_grad()
-
-    once()  # warm-up
-    t = time.perf_counter()
-    once()
-    return time.perf_counter() - t
+    fn, cfg = (
+        (train_sft, SftConfig(**common, lora=lora)) if kind == "sft" else (train_dpo, DpoConfig(**common, lora=lora))
+    )
+    with mock.patch.object(training, "HoldAfterSave", Clock):  # the trainers' per-step hook, timing here
+        m = fn(model_dir, work / "out", examples, cfg, seed=derive_seed(0, kind), work_dir=work / "ckpt")
+    return m | {"step_s": sum(times[1:]) / max(1, len(times) - 1)}
 
 
 def main():
@@ -107,8 +74,7 @@ def main():
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256, help="training tokens per sequence")
+    ap.add_argument("--seq", type=int, default=512, help="training max_length (sft/dpo.max_length)")
     args = ap.parse_args()
     set_threads()
     model_dir = model_or_default(args.model)
@@ -117,39 +83,50 @@ def main():
         f"{torch.backends.cpu.get_cpu_capability()}, fast bf16: {fast_bf16()}, model {model_dir}"
     )
 
+    os.environ["SRLM_TRACKING"] = "off"
     ift = load_ift(BUILTIN_DIR / "ift.jsonl")
     ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")
-    texts = [r["instruction"] + "\n" + r["response"] for r in ift[:8]]
-    chosen = [s["instruction"] + "\n" + s["responses"][0]["text"] for s in ranked[:4]]
-    rejected = [s["instruction"] + "\n" + s["responses"][-1]["text"] for s in ranked[:4]]
+    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")
+    # SFT as M1's: IFT examples and EFT judge examples (the long rubric prompt -> a judgment)
+    sft = sft_examples(
+        [(r["instruction"], r["response"]) for r in ift[:12]]
+        + [(judge_prompt(g["instruction"], g["response"]), g["judgment"]) for g in gold[:4]]
+    )
+    dpo = dpo_examples(
+        [
+            {"prompt": s["instruction"], "chosen": s["responses"][0]["text"], "rejected": s["responses"][-1]["text"]}
+            for s in ranked[:12]
+        ]
+    )
     judge_items = [(s["instruction"], s["responses"][0]["text"]) for s in ranked[: args.prompts // 2]]
+    tok = load_model(model_dir)[1]
+    n_params = sum(p.numel() for p in load_model(model_dir)[0].parameters())
+
+    def n_tokens(rows):
+        return sum(
+            min(args.seq, len(tok.apply_chat_template(r["prompt"] + r[k], tokenize=True)))
+            for r in rows
+            for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
+        )
 
     rows, outs = {}, {}
     attn = register_fast_attention()
     for name, dtype in PRECISIONS.items():
         r = rows[name] = {"matmul GFLOP/s": matmul_gflops(dtype)}
-        model = lora_model(model_dir)
-        n_params = sum(p.numel() for p in model.parameters())
-        tok = load_model(model_dir)[1]
-        tok.padding_side = "right"
-        step_s, loss = sft_steps(model, tok, texts, name, args.steps, args.seq)
-        tokens = len(texts) * args.seq
+        with tempfile.TemporaryDirectory() as work:
+            s_ = train("sft", model_dir, sft, name, args.seq, Path(work) / "sft")
+            d_ = train("dpo", model_dir, dpo, name, args.seq, Path(work) / "dpo")
+        sft_tok, dpo_tok = n_tokens(sft) / s_["steps"], n_tokens(dpo) / d_["steps"]
         r |= {
-            "SFT step s": step_s,
-            "SFT tok/s": tokens / step_s,
-            "SFT GFLOP/s": 6 * n_params * tokens / step_s / 1e9,
-            f"SFT loss after {args.steps} steps": loss,
-        }
-        ref = load_model(model_dir)[0].eval()
-        dpo_s = dpo_step(model, ref, tok, chosen, rejected, name, args.seq)
-        dpo_tokens = 2 * len(chosen) * args.seq
-        r |= {
-            "DPO step s": dpo_s,
-            "DPO tok/s": dpo_tokens / dpo_s,
+            "SFT step s": s_["step_s"],
+            "SFT tok/s": sft_tok / s_["step_s"],
+            "SFT GFLOP/s": 6 * n_params * sft_tok / s_["step_s"] / 1e9,
+            f"SFT loss after {s_['steps']} steps": s_["final_loss"],
+            "DPO step s": d_["step_s"],
+            "DPO tok/s": dpo_tok / d_["step_s"],
             # policy fwd+bwd (6NT) plus the reference's forward (2NT)
-            "DPO GFLOP/s": 8 * n_params * dpo_tokens / dpo_s / 1e9,
+            "DPO GFLOP/s": 8 * n_params * dpo_tok / d_["step_s"] / 1e9,
         }
-        del model, ref
 
         gm, gtok = load_model(model_dir, dtype=str(dtype).split(".")[1], attn_implementation=attn)
         gen = TransformersGenerator(gm, gtok, batch_size=args.batch_size, progress=False)

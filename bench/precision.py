@@ -104,7 +104,7 @@ def main():
 
     def n_tokens(rows):
         return sum(
-            min(args.seq, len(tok.apply_chat_template(r["prompt"] + r[k], tokenize=True)))
+            min(args.seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
             for r in rows
             for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
         )

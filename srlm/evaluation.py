@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from .judging import judge_responses, pairwise_verdicts
 from .metrics import (
+    TABLE2_INTERVALS,
+    bootstrap_intervals,
     head_to_head_summary,
     length_bias,
     length_controlled_win_rate,
@@ -50,7 +52,15 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
             for s, rs in zip(sets, set_rows)
         ]
         scores = [r[key] for r in rows]
-        parts = reward_model_metrics(by_set, readout), length_bias(scores, lengths, set_ids), score_histogram(scores)
+        # 95 % intervals over the ranked sets, seeded by the stage's seed (the same for every model)
+        intervals = bootstrap_intervals(
+            by_set, lambda ss, ro=readout: reward_model_metrics(ss, ro, per_set=False), TABLE2_INTERVALS, sampling.seed
+        )
+        parts = (
+            reward_model_metrics(by_set, readout) | intervals,
+            length_bias(scores, lengths, set_ids),
+            score_histogram(scores),
+        )
         for part in parts:
             metrics |= {f"{readout}_{k}": v for k, v in part.items()}
     return rows, metrics
@@ -115,7 +125,7 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     outcomes = [r["outcome"] for r in out]
     len_x = [len(r["output_x"]) for r in out]
     len_y = [len(r["output_y"]) for r in out]
-    metrics = head_to_head_summary(outcomes) | length_controlled_win_rate(outcomes, len_x, len_y)
+    metrics = head_to_head_summary(outcomes, seed=sampling.seed) | length_controlled_win_rate(outcomes, len_x, len_y)
     order = [v["ab"] for v in verdicts] + [v["ba"] for v in verdicts]
     metrics |= {
         "verdicts_first_position": ratio(sum(o == "A" for o in order), len(order)),

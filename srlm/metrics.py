@@ -4,9 +4,12 @@ summaries (Figure 3). Pure functions: lists in, flat dicts of numbers out; NaN m
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
+from typing import Callable
 
 import numpy as np
+from scipy import stats
 
 from .scores import is_top_score
 
@@ -87,7 +90,46 @@ def _pooled_correlations(sets: list[tuple[list[int], list]]) -> tuple[float, flo
     return spearman, kendall
 
 
-def reward_model_metrics(sets: list[dict], readout: str = "sampled") -> dict:
+def bootstrap_intervals(
+    items: list,
+    statistic: Callable[[list], dict],
+    keys: list[str],
+    seed: int,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+) -> dict:
+    """Percentile-bootstrap intervals (scipy.stats.bootstrap) of `statistic(items)[key]` for each of `keys`,
+    resampling whole items with replacement, seeded: the ranked sets for Table 2 (a set's pairs are not
+    independent of each other), the prompts for a head-to-head. Returns {key_ci_low, key_ci_high}; NaN with
+    fewer than 2 items, or where the statistic is undefined (NaN) on some resample."""
+    out = {f"{k}_ci_{side}": NAN for k in keys for side in ("low", "high")}
+    if len(items) < 2:
+        return out
+
+    def values(idx):
+        m = statistic([items[int(i)] for i in idx])
+        return np.array([m[k] for k in keys], dtype=float)
+
+    with warnings.catch_warnings():  # degenerate resamples (all equal, NaN) are reported as NaN, not warned
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap(
+            (np.arange(len(items)),),
+            values,
+            vectorized=False,
+            n_resamples=n_resamples,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+    for k, lo, hi in zip(keys, np.atleast_1d(ci.low), np.atleast_1d(ci.high)):
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = float(lo), float(hi)
+    return out
+
+
+TABLE2_INTERVALS = ["pairwise_accuracy", "exact_match", "spearman_pooled", "kendall_pooled"]
+
+
+def reward_model_metrics(sets: list[dict], readout: str = "sampled", per_set: bool = True) -> dict:
     """How well a judge's scores reproduce human rankings (the paper's Table 2).
 
     Each set is {"id", "ranks", "scores"}: human ranks (0 = best, equal values = a human tie) and the
@@ -113,7 +155,8 @@ def reward_model_metrics(sets: list[dict], readout: str = "sampled") -> dict:
       response the same score); the metric is the mean over the remaining `correlation_sets` sets,
       NaN if none remain. Skipping the sets a judge cannot tell apart flatters it, so
       `correlation_sets_skipped` counts them and spearman_pooled / kendall_pooled
-      (`_pooled_correlations`) keep them.
+      (`_pooled_correlations`) keep them. per_set=False leaves the per-set means out (NaN): the
+      bootstrap of TABLE2_INTERVALS does not need them, and they are most of the cost.
     """
     n_resp = n_scored = pairs = correct = ties = exact = 0
     top_count = top_best = 0
@@ -141,7 +184,7 @@ def reward_model_metrics(sets: list[dict], readout: str = "sampled") -> dict:
             correct += judge == human
             ties += judge == 0
         exact += matches
-        rho, tau = _set_correlations(ranks, scores)
+        rho, tau = _set_correlations(ranks, scores) if per_set else (NAN, NAN)
         if not math.isnan(rho) and not math.isnan(tau):
             rhos.append(rho)
             taus.append(tau)
@@ -212,19 +255,24 @@ def longer_wins_rate(pairs: list[tuple[float, float, int, int]]) -> float:
     return ratio(sum(decided), len(decided))
 
 
-def head_to_head_summary(outcomes: list[str]) -> dict:
-    """Counts and rates of win/tie/loss, plus win_rate_ties_half = (win + tie/2) / n (NaN when n = 0)."""
+def head_to_head_summary(outcomes: list[str], seed: int | None = None) -> dict:
+    """Counts and rates of win/tie/loss, plus win_rate_ties_half = (win + tie/2) / n (NaN when n = 0); with a
+    `seed`, 95 % bootstrap intervals of the rates over the prompts."""
     bad = set(outcomes) - set(OUTCOMES)
     if bad:
         raise ValueError(f"unknown outcomes: {sorted(bad)}")
     n = len(outcomes)
     counts = {k: outcomes.count(k) for k in OUTCOMES}
-    return {
+    out = {
         "n": n,
         **counts,
         **{f"{k}_rate": ratio(counts[k], n) for k in OUTCOMES},
         "win_rate_ties_half": ratio(counts["win"] + 0.5 * counts["tie"], n),
     }
+    if seed is not None:
+        keys = ["win_rate_ties_half", "win_rate", "loss_rate"]
+        out |= bootstrap_intervals(outcomes, head_to_head_summary, keys, seed)
+    return out
 
 
 def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: list[int]) -> dict:

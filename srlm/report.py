@@ -78,6 +78,31 @@ def _f(v, pct: bool = False, digits: int = 3) -> str:
     return f"{v + 0.0:.{digits}f}".replace("-0.000", "0.000") if isinstance(v, float) else str(v)
 
 
+def _interval(low, high) -> str:
+    """A 95 % interval of a rate, in percent."""
+    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "–"
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int]]) -> str:
+    """The sentence that says which rates the data cannot tell from chance (50 %), and how many items a 95 %
+    interval of ±5 points would take (the bootstrap's own width, scaled by 1/sqrt(n))."""
+    undecided = [
+        (name, lo, hi, n)
+        for name, lo, hi, n in rows
+        if n and lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)) and lo <= 0.5 <= hi
+    ]
+    if not undecided:
+        return f"Every {what} above is away from chance (50 %) by its 95 % interval."
+    need = max(math.ceil(n * ((hi - lo) / 2 / 0.05) ** 2) for _, lo, hi, n in undecided)
+    names = ", ".join(name for name, *_ in undecided)
+    return (
+        f"**No detectable difference from chance (50 %)** at this size for: {names} (the 95 % bootstrap "
+        f"interval over the {unit} covers 50 %). An interval of ±5 points would take about {need} {unit}."
+    )
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -94,6 +119,9 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
         row = {"model": m, "mean_chars": a.get("mean_chars"), "parse_rate": j.get("parse_rate")}
         for readout in ("sampled", "expected"):
             for k in (
+                "sets",
+                "pairwise_accuracy_ci_low",
+                "pairwise_accuracy_ci_high",
                 "pairwise_accuracy",
                 "pairwise_tie_rate",
                 "five_best",
@@ -138,6 +166,8 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
             "tie": v["tie_rate"],
             "loss": v["loss_rate"],
             "win_rate": v["win_rate_ties_half"],
+            "win_rate_ci_low": v.get("win_rate_ties_half_ci_low"),
+            "win_rate_ci_high": v.get("win_rate_ties_half_ci_high"),
             "lc_win_rate": v["lc_win_rate"],
             "n": v["n"],
             "chars_a": v.get("mean_chars_x"),
@@ -167,16 +197,29 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
         "",
         f"Readout `{sc}`. Pairwise accuracy counts judge ties as wrong; 5-best is the share of responses "
         "scored 5 (≥ 4.5) that are the human's best; exact match: the whole order equals the human one; "
-        "Spearman and Kendall τ-b are averaged over sets (constant scores skipped).",
+        "Spearman and Kendall τ-b are averaged over sets (constant scores skipped). The 95 % interval of "
+        "pairwise accuracy is a bootstrap over the ranked sets (the metrics files also hold those of exact "
+        "match and the pooled correlations).",
         "",
     ]
     out.append(
         _table(
-            ["model", "pairwise acc %", "tie %", "5-best %", "exact match %", "Spearman", "Kendall τ", "parse rate %"],
+            [
+                "model",
+                "pairwise acc %",
+                "95 % CI",
+                "tie %",
+                "5-best %",
+                "exact match %",
+                "Spearman",
+                "Kendall τ",
+                "parse rate %",
+            ],
             [
                 [
                     r["model"],
                     _f(r[f"{sc}_pairwise_accuracy"], True),
+                    _interval(r[f"{sc}_pairwise_accuracy_ci_low"], r[f"{sc}_pairwise_accuracy_ci_high"]),
                     _f(r[f"{sc}_pairwise_tie_rate"], True),
                     _f(r[f"{sc}_five_best"], True),
                     _f(r[f"{sc}_exact_match"], True),
@@ -188,6 +231,17 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             ],
         )
     )
+    out += [
+        "",
+        _no_difference(
+            "pairwise accuracy",
+            "ranked sets",
+            [
+                (r["model"], r[f"{sc}_pairwise_accuracy_ci_low"], r[f"{sc}_pairwise_accuracy_ci_high"], r[f"{sc}_sets"])
+                for r in t["models"]
+            ],
+        ),
+    ]
     out += [
         "",
         "### Sampled vs expected score, and length bias",
@@ -246,6 +300,7 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                 "tie %",
                 "loss %",
                 "win rate %",
+                "95 % CI",
                 "LC win rate %",
                 "chars a",
                 "chars b",
@@ -259,6 +314,7 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                     _f(r["tie"], True),
                     _f(r["loss"], True),
                     _f(r["win_rate"], True),
+                    _interval(r["win_rate_ci_low"], r["win_rate_ci_high"]),
                     _f(r["lc_win_rate"], True),
                     _f(r["chars_a"], digits=0),
                     _f(r["chars_b"], digits=0),
@@ -269,6 +325,14 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             ],
         )
     )
+    out += [
+        "",
+        _no_difference(
+            "win rate",
+            "prompts",
+            [(f"{r['a']} vs {r['b']}", r["win_rate_ci_low"], r["win_rate_ci_high"], r["n"]) for r in t["head_to_head"]],
+        ),
+    ]
     flagged = [r for r in t["head_to_head"] if r["judge_conflict"]]
     out += (
         [""]

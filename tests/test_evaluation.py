@@ -1,8 +1,10 @@
+import functools
 import math
 
 import pytest
 
 from srlm.metrics import (
+    bootstrap_intervals,
     head_to_head_summary,
     length_bias,
     length_controlled_win_rate,
@@ -308,3 +310,50 @@ def test_longer_wins_within_groups_never_pairs_across_groups():
     # group 2 pairs: (4,10)-(2,50): shorter wins; (4,10)-(2,60): shorter wins; (2,50)-(2,60): tie, skipped
     assert longer_wins_within_groups(groups) == pytest.approx(1 / 3)
     assert math.isnan(longer_wins_within_groups([[(3.0, 10)], [(1.0, 20)]]))
+
+
+# --- 95 % bootstrap intervals ------------------------------------------------------------------------------------
+
+
+def test_head_to_head_intervals_bracket_the_rate_and_narrow_with_more_prompts():
+    even = ["win", "loss"] * 10
+    m = head_to_head_summary(even, seed=3)
+    assert m["win_rate_ties_half_ci_low"] < 0.5 < m["win_rate_ties_half_ci_high"]
+    assert m == head_to_head_summary(even, seed=3)  # seeded
+    wider = m["win_rate_ties_half_ci_high"] - m["win_rate_ties_half_ci_low"]
+    big = head_to_head_summary(even * 16, seed=3)
+    assert big["win_rate_ties_half_ci_high"] - big["win_rate_ties_half_ci_low"] < wider / 2  # ~1/sqrt(16)
+    sure = head_to_head_summary(["win"] * 12, seed=3)
+    assert sure["win_rate_ties_half_ci_low"] == sure["win_rate_ties_half_ci_high"] == 1.0
+    assert "win_rate_ties_half_ci_low" not in head_to_head_summary(even)  # no seed, no interval
+
+
+def test_table2_intervals_resample_whole_sets():
+    TABLE2 = functools.partial(reward_model_metrics, per_set=False)  # as srlm.evaluation bootstraps it
+    perfect = [{"id": str(i), "ranks": [0, 1, 2], "scores": [5, 3, 1]} for i in range(8)]
+    m = bootstrap_intervals(perfect, TABLE2, ["pairwise_accuracy", "exact_match"], seed=0)
+    assert m == {
+        "pairwise_accuracy_ci_low": 1.0,
+        "pairwise_accuracy_ci_high": 1.0,
+        "exact_match_ci_low": 1.0,
+        "exact_match_ci_high": 1.0,
+    }
+    half = perfect[:4] + [{"id": str(i), "ranks": [0, 1, 2], "scores": [1, 3, 5]} for i in range(4)]
+    m = bootstrap_intervals(half, TABLE2, ["pairwise_accuracy"], seed=0)
+    assert 0.1 < m["pairwise_accuracy_ci_low"] < 0.5 < m["pairwise_accuracy_ci_high"] < 0.9
+    # a set's three pairs move together: resampling sets gives a wider interval than resampling pairs would
+    pairs = [{"id": str(i), "ranks": [0, 1], "scores": [1, 0] if i < 12 else [0, 1]} for i in range(24)]
+    by_pair = bootstrap_intervals(pairs, TABLE2, ["pairwise_accuracy"], seed=0)
+    assert (by_pair["pairwise_accuracy_ci_high"] - by_pair["pairwise_accuracy_ci_low"]) < (
+        m["pairwise_accuracy_ci_high"] - m["pairwise_accuracy_ci_low"]
+    )
+    assert math.isnan(bootstrap_intervals(perfect[:1], TABLE2, ["pairwise_accuracy"], 0)["pairwise_accuracy_ci_low"])
+
+
+def test_the_report_says_which_rates_it_cannot_tell_from_chance():
+    from srlm.report import _no_difference
+
+    text = _no_difference("win rate", "prompts", [("m1 vs m0", 0.40, 0.70, 16), ("m2 vs m0", 0.55, 0.80, 16)])
+    assert "No detectable difference" in text and "m1 vs m0" in text and "m2 vs m0" not in text
+    assert "about 144 prompts" in text  # 16 x (0.15 / 0.05)^2
+    assert "away from chance" in _no_difference("win rate", "prompts", [("m2 vs m0", 0.55, 0.80, 16)])

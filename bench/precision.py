@@ -99,8 +99,9 @@ def main():
         ]
     )
     judge_items = [(s["instruction"], s["responses"][0]["text"]) for s in ranked[: args.prompts // 2]]
-    tok = load_model(model_dir)[1]
-    n_params = sum(p.numel() for p in load_model(model_dir)[0].parameters())
+    model, tok = load_model(model_dir)  # once, for the parameter count and the tokenizer
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
 
     def n_tokens(rows):
         return sum(

@@ -7,10 +7,12 @@ declare for it (tests/test_pipeline_e2e.py).
 Layout:
     models/<name>/                       m0 (prepared base), sft_baseline, m1, m2, ...
     data/seed/{ift,ranked,gold}_{train,eval}.jsonl   prepare_seed's splits
+    data/seed/verifiable_eval.jsonl      prompts with checkable instructions (evaluation only)
     data/reserved/<model>.jsonl          instructions M_<model>'s generated prompts must stay away from
     data/eft/train.jsonl                 build_eft's judge examples
     data/it<t>/{prompts,candidates,judgments,judgments_prev,pairs}.jsonl, metrics/<stage>.json
-    data/eval/<model>/{responses.jsonl,alpaca_eval.json,ranked_judgments.jsonl}, metrics/{judge,answer}.json
+    data/eval/<model>/{responses.jsonl,alpaca_eval.json,ranked_judgments.jsonl,follow.jsonl},
+                      metrics/{judge,answer,follow}.json
     data/eval/head_to_head/<a>_vs_<b>/{verdicts.jsonl,metrics.json}
     metrics/<stage>.json                 the stages that run once
     reports/report.md, reports/plots/    the report
@@ -33,6 +35,8 @@ PROMPT = {"id": str, "prompt": str}
 CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}
 PAIR = {"id": str, "prompt": str, "kind": str}
 RESPONSE = {"id": str, "instruction": str, "output": str}
+VERIFIABLE = {"id": str, "instruction": str, "instruction_id_list": list, "kwargs": list}
+FOLLOWED = {"id": str, "instruction": str, "output": str, "strict": list, "loose": list}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def seed_set(name: str, split: str) -> Artifact:
 IFT_TRAIN, IFT_EVAL = seed_set("ift", "train"), seed_set("ift", "eval")
 RANKED_TRAIN, RANKED_EVAL = seed_set("ranked", "train"), seed_set("ranked", "eval")
 GOLD_TRAIN = seed_set("gold", "train")
+VERIFIABLE_EVAL = Artifact(Path("data/seed/verifiable_eval.jsonl"), VERIFIABLE)
 EFT_TRAIN = Artifact(Path("data/eft/train.jsonl"), EFT)
 
 
@@ -144,6 +149,11 @@ def alpaca_eval(model: str) -> Path:
 
 def ranked_judgments(model: str) -> Artifact:
     return Artifact(eval_dir(model) / "ranked_judgments.jsonl", {"set_id": str, "rank": int})
+
+
+def followed(model: str) -> Artifact:
+    """follow@<model>: its answer to each verifiable prompt and which instructions it followed."""
+    return Artifact(eval_dir(model) / "follow.jsonl", FOLLOWED)
 
 
 def matchup_dir(name: str) -> Path:

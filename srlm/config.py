@@ -55,15 +55,26 @@ class ModelConfig:
 
 
 @dataclass
+class EvalFractions:
+    """The share of each seed list held out for evaluation. Ranked sets are mostly for evaluation (Table 2);
+    training uses only the few that the SFT baseline judges for EFT. Gold judgments mostly train the judge."""
+
+    ift: float = probability(0.4)
+    ranked: float = probability(0.7)
+    gold: float = probability(0.1)
+
+
+@dataclass
 class SeedDataConfig:
     source: Literal["builtin", "oasst1", "jsonl"] = "builtin"
     ift_path: str = ""  # source=jsonl: instruction/response records
     ranked_path: str = ""  # source=jsonl: instruction + ranked responses
     gold_path: str = ""  # gold judgments (optional for oasst1/jsonl)
+    verifiable_path: str = ""  # prompts with checkable instructions, evaluation only; "" = the built-in ones
     oasst_dataset: str = "OpenAssistant/oasst1"
     max_ift: int = non_negative(0)  # 0 = all (oasst1: required, the prompts drawn for IFT)
     max_ranked: int = non_negative(0)
-    eval_fraction: float = probability(0.2)
+    eval_fraction: EvalFractions = field(default_factory=lambda: EvalFractions())
 
 
 @dataclass
@@ -143,6 +154,18 @@ class SampleConfig:
 
 
 @dataclass
+class JudgeHealthConfig:
+    """An optional stop: judge@t fails, naming the reason, when its judge falls below these on the iteration's
+    candidates, rather than letting DPO train on noise (off by default; every value is in the metrics)."""
+
+    enabled: bool = False
+    min_scored_rate: float = probability(0.5)  # candidates that got a score (sampled: parsed)
+    min_digit_mass: float = probability(0.5)  # expected readout: mean probability on the digits 0-5
+    max_tie_rate: float = probability(0.9)  # same-prompt candidate pairs with equal scores
+    min_score_entropy: float = non_negative(0.5)  # bits, of the scores rounded to 0-5
+
+
+@dataclass
 class JudgeConfig:
     # sampled: the parsed `Score: N` (the paper). expected: Σ p(n)·n of the digits the model puts
     # right after `Score:` at the end of each judgment; every judgment gets a continuous score.
@@ -151,6 +174,7 @@ class JudgeConfig:
     temperature: float = non_negative(0.7)
     top_p: float = probability(0.9)
     max_new_tokens: int = positive(48)
+    health: JudgeHealthConfig = field(default_factory=lambda: JudgeHealthConfig())
 
 
 @dataclass
@@ -202,6 +226,8 @@ class EvaluationConfig:
     temperature: float = non_negative(0.0)  # 0 = greedy; otherwise sampled with `seed`
     top_p: float = probability(0.9)
     max_new_tokens: int = positive(80)
+    verifiable_prompts: int = non_negative(48)  # prompts with checkable instructions per model (0 = all)
+    follow_max_new_tokens: int = positive(128)  # their answers: room for "at least N words" instructions
     # The head-to-head judge: any model directory (a pipeline model's models/<name>, or an outside
     # judge). models/m0 is neither side of a matchup nor trained from one.
     judge: str = "models/m0"
@@ -336,7 +362,7 @@ def _check_paths(params: Params) -> None:
     """Relative paths from params stay inside the project: `../../x` is refused. An absolute
     path is an explicit request and is taken as is. Model names become directories under
     models/, so they must be names of this pipeline's models."""
-    for key in ("ift_path", "ranked_path", "gold_path", "oasst_dataset"):
+    for key in ("ift_path", "ranked_path", "gold_path", "verifiable_path", "oasst_dataset"):
         value = getattr(params.seed_data, key)
         _inside(value, f"seed_data.{key}")
     _inside(params.model.base, "model.base")

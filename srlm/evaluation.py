@@ -7,6 +7,7 @@ from .judging import judge_responses, pairwise_verdicts
 from .metrics import (
     TABLE2_INTERVALS,
     bootstrap_intervals,
+    follow_metrics,
     head_to_head_summary,
     length_bias,
     length_controlled_win_rate,
@@ -67,11 +68,13 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
 
 
 def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple[list[dict], dict]:
-    """One response per held-out prompt ({id, instruction}), with AlpacaEval's fields
-    (instruction, output, generator) so the file can be scored by an external evaluator."""
-    outs = generator.generate(
-        [chat_prompt(generator.tokenizer, p["instruction"]) for p in prompts], sampling, desc=f"answer ({name})"
-    )
+    """One response per held-out prompt ({id, instruction, response}), with AlpacaEval's fields
+    (instruction, output, generator) so the file can be scored by an external evaluator; and the model's
+    mean per-token log-probability of the prompt's reference response, which shows how far training moved
+    the model on text it never saw (the report compares M_{t+1} with its DPO reference M_t, item by item)."""
+    rendered = [chat_prompt(generator.tokenizer, p["instruction"]) for p in prompts]
+    outs = generator.generate(rendered, sampling, desc=f"answer ({name})")
+    logps = generator.continuation_logprobs(rendered, [p["response"] for p in prompts], desc=f"log p ({name})")
     rows = [
         {
             "id": p["id"],
@@ -80,8 +83,10 @@ def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple
             "generator": name,
             "num_tokens": o[0].num_tokens,
             "finish_reason": o[0].finish_reason,
+            "reference_logprob": sum(lp) / len(lp),
+            "reference_tokens": len(lp),
         }
-        for p, o in zip(prompts, outs)
+        for p, o, lp in zip(prompts, outs, logps)
     ]
     n = len(rows)
     metrics = {
@@ -90,6 +95,36 @@ def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple
         "mean_tokens": ratio(sum(r["num_tokens"] for r in rows), n),
         "truncated_rate": ratio(sum(r["finish_reason"] == "length" for r in rows), n),
         "empty_responses": sum(not r["output"] for r in rows),
+        "reference_logprob_mean": ratio(sum(r["reference_logprob"] for r in rows), n),
+    }
+    return rows, metrics
+
+
+def follow_instructions(generator, records: list[dict], sampling, name: str, check) -> tuple[list[dict], dict]:
+    """The model's response to each verifiable prompt and, per instruction, whether it was followed,
+    `check(record, response) -> (strict, loose)` (srlm.verifiable.check, passed in so that the other
+    evaluation stages need not import lm-eval); IFEval's accuracies with intervals over the prompts."""
+    outs = generator.generate(
+        [chat_prompt(generator.tokenizer, r["instruction"]) for r in records], sampling, desc=f"follow ({name})"
+    )
+    rows = []
+    for r, o in zip(records, outs):
+        strict, loose = check(r, o[0].text)
+        rows.append(
+            {
+                "id": r["id"],
+                "instruction": r["instruction"],
+                "instruction_id_list": r["instruction_id_list"],
+                "output": o[0].text,
+                "strict": strict,
+                "loose": loose,
+                "num_tokens": o[0].num_tokens,
+                "finish_reason": o[0].finish_reason,
+            }
+        )
+    metrics = follow_metrics(rows, seed=sampling.seed) | {
+        "mean_tokens": ratio(sum(r["num_tokens"] for r in rows), len(rows)),
+        "truncated_rate": ratio(sum(r["finish_reason"] == "length" for r in rows), len(rows)),
     }
     return rows, metrics
 
@@ -127,7 +162,10 @@ def head_to_head(generator, rows_x: list[dict], rows_y: list[dict], mode: str, s
     len_y = [len(r["output_y"]) for r in out]
     metrics = head_to_head_summary(outcomes, seed=sampling.seed) | length_controlled_win_rate(outcomes, len_x, len_y)
     order = [v["ab"] for v in verdicts] + [v["ba"] for v in verdicts]
+    # the same response preferred in both orders (A then B, or B then A): a judge reading content, not position
+    same = sum((v["ab"], v["ba"]) in (("A", "B"), ("B", "A")) for v in verdicts)
     metrics |= {
+        "position_consistency": ratio(same, len(verdicts)),
         "verdicts_first_position": ratio(sum(o == "A" for o in order), len(order)),
         "verdicts_unparsed": sum(o is None for o in order),
         "mean_chars_x": ratio(sum(len_x), len(len_x)),

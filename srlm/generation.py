@@ -178,6 +178,48 @@ class TransformersGenerator(Generator):
         bar.close()
         return out  # type: ignore[return-value]
 
+    @torch.inference_mode()
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str], desc: str = "log-probability"):
+        """Teacher-forced, left-padded batches sorted by length. Only the continuation's positions go through the
+        output layer, and in fp32 whatever the model's dtype: the shifts this measures between two models are
+        small, and bf16 logits would round them away."""
+        if not prompts:
+            return []
+        p_ids = encode_prompts(self.tokenizer, prompts, 0, None, desc)
+        c_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        if len(c_ids) != len(p_ids) or any(not c for c in c_ids):
+            raise ValueError("every prompt needs exactly one non-empty continuation")
+        rows = [p + c for p, c in zip(p_ids, c_ids)]
+        if self.context and max(map(len, rows)) > self.context:
+            raise ModelError(
+                f"{desc}: a prompt with its continuation is longer than the model's context ({self.context})"
+            )
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        weight = head.weight.float()
+        bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        per_batch = max(1, self.batch_size // 4)  # logits of every continuation position: vocab-wide rows
+        out: list = [None] * len(rows)
+        bar = tqdm(total=len(rows), desc=desc, unit="text", disable=not self.progress, file=sys.stderr)
+        for b in range(0, len(order), per_batch):
+            idx = order[b : b + per_batch]
+            L, K = max(len(rows[i]) for i in idx), max(len(c_ids[i]) for i in idx) + 1
+            ids = torch.full((len(idx), L), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for j, i in enumerate(idx):
+                ids[j, L - len(rows[i]) :] = torch.tensor(rows[i], dtype=torch.long)
+                mask[j, L - len(rows[i]) :] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, L - K : L - 1]
+            logp = torch.log_softmax(torch.nn.functional.linear(hidden.float(), weight, bias), dim=-1)
+            target = ids[:, L - K + 1 :]
+            picked = logp.gather(-1, target[..., None])[..., 0]
+            for j, i in enumerate(idx):
+                out[i] = picked[j, K - 1 - len(c_ids[i]) :].tolist()
+            bar.update(len(idx))
+        bar.close()
+        return out
+
     def _generate_batch(self, suffixes, prefix, prefix_cache, params):
         B, n, P = len(suffixes), params.n, len(prefix)
         L = max(len(s) for s in suffixes)
@@ -406,6 +448,23 @@ class VLLMGenerator(Generator):
         outs = self._run(rows, sampling, desc)
         logprobs = torch.tensor([[o.outputs[0].logprobs[0][t].logprob for t in token_ids] for o in outs])
         return list(logprobs.exp().view(len(prompts), k, len(token_ids)))
+
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str], desc: str = "log-probability"):
+        """As `TransformersGenerator.continuation_logprobs`, from vLLM's `prompt_logprobs` of prompt + continuation
+        (0: the logprob of each actual token), one token generated and ignored."""
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if not prompts:
+            return []
+        p_ids = encode_prompts(self.tokenizer, prompts, 0, self.context, desc)
+        c_ids = encode_prompts(self.tokenizer, continuations, 1, self.context, desc)
+        rows = [p + c for p, c in zip(p_ids, c_ids)]
+        sampling = VLLMSamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, detokenize=False)
+        outs = self._run(rows, sampling, desc)
+        return [
+            [o.prompt_logprobs[t][row[t]].logprob for t in range(len(p), len(row))]
+            for o, p, row in zip(outs, p_ids, rows)
+        ]
 
 
 def _import_vllm():

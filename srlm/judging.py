@@ -3,7 +3,7 @@ the candidates of an iteration, the pairwise verdicts of the head-to-head, and t
 
 from __future__ import annotations
 
-from .metrics import length_bias, score_histogram
+from .metrics import length_bias, score_histogram, score_spread
 from .prompts import judge_prompt, pairwise_prompt
 from .sampling import chat_prompt
 from .scores import (
@@ -78,6 +78,7 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
         vals = [r[key] for r in rows if r[key] is not None]
         metrics[f"{key}_mean"] = sum(vals) / len(vals) if vals else float("nan")
     metrics |= length_bias(scores, [len(r["response"]) for r in rows], [r["prompt_id"] for r in rows])
+    metrics |= score_spread(scores, [r["prompt_id"] for r in rows])
     metrics |= {f"candidate_{k}": v for k, v in score_histogram(scores).items()}
     return rows, metrics
 

@@ -126,6 +126,31 @@ def bootstrap_intervals(
     return out
 
 
+def paired_difference(
+    items_a: list, items_b: list, statistic: Callable[[list], dict], keys: list[str], seed: int
+) -> dict:
+    """statistic(items_a)[k] - statistic(items_b)[k] for each of `keys`, with a 95 % bootstrap interval from
+    resampling the same items for both (items_a[i] and items_b[i] are two models' results on item i): a
+    paired comparison, much tighter than two separate intervals when the models err on the same items.
+    Returns {key_diff, key_diff_ci_low, key_diff_ci_high}, and n."""
+    if len(items_a) != len(items_b):
+        raise ValueError(f"paired items differ in number: {len(items_a)} vs {len(items_b)}")
+
+    def diff(pairs):
+        a, b = statistic([p[0] for p in pairs]), statistic([p[1] for p in pairs])
+        return {f"{k}_diff": a[k] - b[k] for k in keys}
+
+    pairs = list(zip(items_a, items_b))
+    out = {"n": len(pairs)} | (diff(pairs) if pairs else {f"{k}_diff": NAN for k in keys})
+    return out | bootstrap_intervals(pairs, diff, [f"{k}_diff" for k in keys], seed)
+
+
+def items_for_five_points(low: float, high: float, n: int, points: float = 0.05) -> int:
+    """How many items a 95 % interval of ±`points` would take, from an interval of [low, high] on n items
+    (its half-width scales as 1/sqrt(n))."""
+    return math.ceil(n * ((high - low) / 2 / points) ** 2)
+
+
 TABLE2_INTERVALS = ["pairwise_accuracy", "exact_match", "spearman_pooled", "kendall_pooled"]
 
 
@@ -224,6 +249,26 @@ def score_histogram(scores: list[float | None]) -> dict:
     return {**hist, "unscored": unscored}
 
 
+def score_spread(scores: list[float | None], groups: list[str]) -> dict:
+    """How much a judge tells candidates apart: `tie_rate`, the share of same-prompt candidate pairs (both
+    scored) whose scores are equal; `all_tied_rate`, the share of prompts (with >= 2 scored candidates) whose
+    candidates all tie (no pair); `score_entropy`, the entropy in bits of the scores rounded to 0..5 (0: one
+    score for everything; log2 6 = 2.58: all six equally often)."""
+    by_group: dict[str, list[float]] = {}
+    for s, g in zip(scores, groups):
+        if not _missing(s):
+            by_group.setdefault(g, []).append(s)
+    pairs = [(a, b) for v in by_group.values() for a, b in combinations(v, 2)]
+    multi = [v for v in by_group.values() if len(v) >= 2]
+    hist = score_histogram(scores)
+    counts = np.array([hist[f"score_{k}"] for k in range(6)], dtype=float)
+    return {
+        "tie_rate": ratio(sum(a == b for a, b in pairs), len(pairs)),
+        "all_tied_rate": ratio(sum(len(set(v)) == 1 for v in multi), len(multi)),
+        "score_entropy": float(stats.entropy(counts, base=2)) if counts.sum() else NAN,
+    }
+
+
 def length_bias(scores: list[float | None], lengths: list[int], groups: list[str] | None = None) -> dict:
     """Spearman correlation between score and response length over the scored items; NaN with fewer
     than 3 scored items or when scores or lengths are constant. With `groups` (each item's group:
@@ -310,3 +355,24 @@ def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> f
         if not _missing(a[0]) and not _missing(b[0])
     ]
     return longer_wins_rate(pairs)
+
+
+FOLLOW_INTERVALS = ["prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"]
+
+
+def follow_metrics(rows: list[dict], seed: int | None = None) -> dict:
+    """IFEval's four accuracies over rows {strict: [bool], loose: [bool], instruction_id_list}, with 95 %
+    bootstrap intervals over the prompts when seeded (a prompt's instructions are not independent), and
+    the strict rate per instruction id."""
+    out = {"prompts": len(rows), "instructions": sum(len(r["strict"]) for r in rows)}
+    for mode in ("strict", "loose"):
+        out[f"prompt_{mode}"] = ratio(sum(all(r[mode]) for r in rows), len(rows))
+        out[f"instruction_{mode}"] = ratio(sum(sum(r[mode]) for r in rows), out["instructions"])
+    if seed is not None:
+        out |= bootstrap_intervals(rows, follow_metrics, FOLLOW_INTERVALS, seed)
+        by_id: dict[str, list[bool]] = {}
+        for r in rows:
+            for iid, ok in zip(r["instruction_id_list"], r["strict"]):
+                by_id.setdefault(iid, []).append(ok)
+        out["strict_by_instruction"] = {k: ratio(sum(v), len(v)) for k, v in sorted(by_id.items())}
+    return out

@@ -124,12 +124,15 @@ class NearDuplicates:
             return []
         found = set(self.exact.get(norm, []))
         cands = set().union(*(self.index.get(sh, ()) for sh in self._shingles(norm))) - found
+        sm = difflib.SequenceMatcher(None)
+        sm.set_seq2(norm)  # the text difflib analyses once for all comparisons
         for i in cands:
             other = self.texts[i]
-            if (
-                abs(len(other) - len(norm)) <= len(norm)
-                and difflib.SequenceMatcher(None, other, norm).ratio() >= self.ratio
-            ):
+            if abs(len(other) - len(norm)) > len(norm):
+                continue
+            sm.set_seq1(other)
+            # real_quick_ratio >= quick_ratio >= ratio: the cheap bounds settle most pairs, exactly
+            if sm.real_quick_ratio() >= self.ratio and sm.quick_ratio() >= self.ratio and sm.ratio() >= self.ratio:
                 found.add(i)
         return [self.labels[i] for i in sorted(found)]
 

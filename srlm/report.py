@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 from . import artifacts
-from .config import judge_conflict, parse_params
+from .config import derive_seed, judge_conflict, parse_params
 from .io import DataError, atomic_write_text
+from .metrics import FOLLOW_INTERVALS, follow_metrics, items_for_five_points, paired_difference, reward_model_metrics
+from .tracking import write_metrics
 
 
 def file_loader(root: Path = Path(".")):
@@ -55,7 +57,7 @@ def collect(params, load=None) -> dict:
         for k in map(str, params.iterations)
     }
     models = {
-        m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer")}
+        m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer", "follow")}
         for m in params.evaluation.models
     }
     h2h = {n: load(artifacts.matchup_metrics(n)) for n in params.evaluation.matchups}
@@ -68,6 +70,73 @@ def collect(params, load=None) -> dict:
     }
 
 
+def comparisons_of(params) -> list[tuple[str, str]]:
+    """The paired comparisons the report makes: each model against its predecessor (the SFT baseline and M1
+    against M0, M_{t+1} against M_t) and each self-rewarding model against the SFT baseline."""
+    models = list(params.evaluation.models)
+    before = {"sft_baseline": "m0", "m1": "m0"} | {it["next"]: it["model"] for it in params.iterations.values()}
+    out = [(m, before[m]) for m in models if before.get(m) in models]
+    out += [(m, "sft_baseline") for m in models if m not in ("m0", "sft_baseline") and "sft_baseline" in models]
+    return list(dict.fromkeys(out))
+
+
+def _mean_reference_logprob(rows: list[dict]) -> dict:
+    return {"reference_logprob": sum(r["reference_logprob"] for r in rows) / len(rows) if rows else math.nan}
+
+
+def paired_comparisons(params) -> dict:
+    """Model a minus model b on the same held-out items, with 95 % paired-bootstrap intervals: Table 2's
+    pairwise accuracy (resampling ranked sets), the IFEval accuracies and the mean log-probability of the
+    held-out reference responses (resampling prompts). Read from the per-item files of eval_judge, follow
+    and answer."""
+    readout = f"{params.judge.scoring}"
+    sets, follows, answers = {}, {}, {}
+
+    def ranked(m):
+        if m not in sets:
+            by_set: dict[str, dict] = {}
+            for r in sorted(artifacts.ranked_judgments(m).read(), key=lambda r: r["response_index"]):
+                s = by_set.setdefault(r["set_id"], {"id": r["set_id"], "ranks": [], "scores": []})
+                s["ranks"].append(r["rank"])
+                s["scores"].append(r[f"{readout}_score"])
+            sets[m] = by_set
+        return sets[m]
+
+    def answered(m):
+        if m not in answers:
+            answers[m] = {r["id"]: r for r in artifacts.responses(m).read()}
+        return answers[m]
+
+    def followed(m):
+        if m not in follows:
+            follows[m] = {r["id"]: r for r in artifacts.followed(m).read()}
+        return follows[m]
+
+    seed = derive_seed(params.seed, "paired")
+    out = {}
+    for a, b in comparisons_of(params):
+        ra, rb = ranked(a), ranked(b)
+        ids = sorted(set(ra) & set(rb))
+        judge = paired_difference(
+            [ra[i] for i in ids],
+            [rb[i] for i in ids],
+            lambda ss: reward_model_metrics(ss, readout, per_set=False),
+            ["pairwise_accuracy"],
+            seed,
+        )
+        la, lb = answered(a), answered(b)
+        rids = sorted(set(la) & set(lb))
+        logp = paired_difference(
+            [la[i] for i in rids], [lb[i] for i in rids], _mean_reference_logprob, ["reference_logprob"], seed
+        )
+        fa, fb = followed(a), followed(b)
+        pids = sorted(set(fa) & set(fb))
+        follow = paired_difference([fa[i] for i in pids], [fb[i] for i in pids], follow_metrics, FOLLOW_INTERVALS, seed)
+        counts = {"ranked_sets": judge.pop("n"), "verifiable_prompts": follow.pop("n"), "prompts": logp.pop("n")}
+        out[f"{a}_vs_{b}"] = {"a": a, "b": b} | counts | judge | follow | logp
+    return out
+
+
 def _f(v, pct: bool = False, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -78,11 +147,45 @@ def _f(v, pct: bool = False, digits: int = 3) -> str:
     return f"{v + 0.0:.{digits}f}".replace("-0.000", "0.000") if isinstance(v, float) else str(v)
 
 
-def _interval(low, high) -> str:
-    """A 95 % interval of a rate, in percent."""
-    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+def _missing(*values) -> bool:
+    return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
+def _interval(low, high, signed: bool = False, pct: bool = True) -> str:
+    """A 95 % interval of a rate (or, signed, of a difference), in percent (points), or as is with 3 decimals."""
+    if _missing(low, high):
         return "–"
-    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+    fmt = ("{:+.1f}" if signed else "{:.1f}") if pct else "{:+.3f}"
+    scale = 100 if pct else 1
+    return f"[{fmt.format(scale * low)}, {fmt.format(scale * high)}]"
+
+
+def _signed(v, pct: bool = True) -> str:
+    return "–" if _missing(v) else (f"{100 * v:+.1f}" if pct else f"{v:+.3f}")
+
+
+def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    """Which paired differences the data cannot tell from zero, and how many items ±5 points would take."""
+    undecided, need = [], {}
+    for r in rows:
+        for k, label in cols:
+            lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
+            if _missing(lo, hi) or not lo <= 0 <= hi:
+                continue
+            undecided.append(f"{r['comparison']} ({label})")
+            if k == "reference_logprob_diff":
+                continue  # not a rate: no ±5 points to size for
+            unit = "ranked sets" if k.startswith("pairwise") else "verifiable prompts"
+            n = r["ranked_sets"] if unit == "ranked sets" else r["verifiable_prompts"]
+            if n:
+                need[unit] = max(need.get(unit, 0), items_for_five_points(lo, hi, n))
+    if not undecided:
+        return "Every paired difference above is away from zero by its 95 % interval."
+    sizes = " and ".join(f"about {v} {k}" for k, v in need.items())
+    return (
+        f"**No detectable difference at this size** for: {', '.join(undecided)} (the 95 % interval covers "
+        f"zero). Telling a difference apart within ±5 points would take {sizes}."
+    )
 
 
 def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int]]) -> str:
@@ -95,7 +198,7 @@ def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int
     ]
     if not undecided:
         return f"Every {what} above is away from chance (50 %) by its 95 % interval."
-    need = max(math.ceil(n * ((hi - lo) / 2 / 0.05) ** 2) for _, lo, hi, n in undecided)
+    need = max(items_for_five_points(lo, hi, n) for _, lo, hi, n in undecided)
     names = ", ".join(name for name, *_ in undecided)
     return (
         f"**No detectable difference from chance (50 %)** at this size for: {names} (the 95 % bootstrap "
@@ -115,8 +218,13 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
     trained from one."""
     models = []
     for m, v in c["models"].items():
-        j, a = v["judge"], v["answer"]
+        j, a, f = v["judge"], v["answer"], v["follow"]
         row = {"model": m, "mean_chars": a.get("mean_chars"), "parse_rate": j.get("parse_rate")}
+        row["reference_logprob"] = a.get("reference_logprob_mean")
+        row["verifiable_prompts"] = f.get("prompts")
+        for k in FOLLOW_INTERVALS:
+            row[k] = f.get(k)
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = f.get(f"{k}_ci_low"), f.get(f"{k}_ci_high")
         for readout in ("sampled", "expected"):
             for k in (
                 "sets",
@@ -152,6 +260,10 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
                 "longer_chosen_rate": p.get("longer_chosen_rate"),
                 "score_length_spearman": j.get("score_length_spearman"),
                 "consistency_mean": p.get("consistency_mean"),
+                "digit_mass": j.get("digit_mass_mean"),
+                "tie_rate": j.get("tie_rate"),
+                "all_tied_rate": j.get("all_tied_rate"),
+                "score_entropy": j.get("score_entropy"),
                 "dpo_margin": d.get("rewards_margins_mean"),
                 "dpo_loss": d.get("train_loss"),
                 **{f"score_{n}": j.get(f"candidate_score_{n}", 0) for n in range(6)},
@@ -173,12 +285,19 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
             "chars_a": v.get("mean_chars_x"),
             "chars_b": v.get("mean_chars_y"),
             "first_position": v.get("verdicts_first_position"),
+            "position_consistency": v.get("position_consistency"),
             "judge": v.get("judge"),
             "judge_conflict": judge_conflict(v.get("judge", ""), v["a"], v["b"], lineage) or "",
         }
         for n, v in c["head_to_head"].items()
     ]
-    return {"models": models, "iterations": iterations, "head_to_head": h2h}
+    paired = [
+        {"comparison": f"{v['a']} − {v['b']}"}
+        | {k: v.get(k) for k in v if k.endswith(("_diff", "_diff_ci_low", "_diff_ci_high"))}
+        | {"ranked_sets": v.get("ranked_sets"), "verifiable_prompts": v.get("verifiable_prompts")}
+        for v in c.get("paired", {}).values()
+    ]
+    return {"models": models, "iterations": iterations, "head_to_head": h2h, "paired": paired}
 
 
 def render(c: dict, t: dict, params, figures: list[str]) -> str:
@@ -283,6 +402,84 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
     )
     out += [
         "",
+        "## Instruction following, checked by program (no judge)",
+        "",
+        f"Each model answers {t['models'][0]['verifiable_prompts'] if t['models'] else 0} held-out prompts "
+        "with instructions a program can check (word and sentence limits, required and forbidden words, JSON, "
+        "bullets, paragraphs ...), checked by lm-evaluation-harness's IFEval checkers. Prompt-level: every "
+        "instruction of the prompt followed; instruction-level: the share of all instructions; loose also "
+        "accepts the response without its first or last line or markdown emphasis. Intervals: bootstrap over "
+        "the prompts.",
+        "",
+    ]
+    out.append(
+        _table(
+            [
+                "model",
+                "prompt strict %",
+                "95 % CI",
+                "instruction strict %",
+                "95 % CI",
+                "prompt loose %",
+                "instruction loose %",
+            ],
+            [
+                [
+                    r["model"],
+                    _f(r["prompt_strict"], True),
+                    _interval(r["prompt_strict_ci_low"], r["prompt_strict_ci_high"]),
+                    _f(r["instruction_strict"], True),
+                    _interval(r["instruction_strict_ci_low"], r["instruction_strict_ci_high"]),
+                    _f(r["prompt_loose"], True),
+                    _f(r["instruction_loose"], True),
+                ]
+                for r in t["models"]
+            ],
+        )
+    )
+    if t["paired"]:
+        out += [
+            "",
+            "## Did a model change? Paired differences",
+            "",
+            "Model a minus model b on the same items, in points, with a 95 % paired bootstrap interval "
+            "(the same ranked sets or prompts resampled for both): judge pairwise accuracy on the held-out "
+            "ranked sets, the program-checked instruction following above, and the mean log-probability per "
+            "token (nats) of the held-out prompts' reference responses: M_{t+1} − M_t is how far DPO moved the "
+            "policy from its reference on text it never trained on.",
+            "",
+        ]
+        cols = [
+            ("pairwise_accuracy_diff", "judge pairwise acc"),
+            ("prompt_strict_diff", "prompt strict"),
+            ("instruction_strict_diff", "instruction strict"),
+            ("reference_logprob_diff", "log p of references"),
+        ]
+        out.append(
+            _table(
+                ["a − b"] + [h for _, h in cols for h in (f"{h} Δ", "95 % CI")],
+                [
+                    [r["comparison"]]
+                    + [
+                        x
+                        for k, _ in cols
+                        for x in (
+                            _signed(r.get(k), pct=k != "reference_logprob_diff"),
+                            _interval(
+                                r.get(f"{k}_ci_low"),
+                                r.get(f"{k}_ci_high"),
+                                signed=True,
+                                pct=k != "reference_logprob_diff",
+                            ),
+                        )
+                    ]
+                    for r in t["paired"]
+                ],
+            )
+        )
+        out += ["", _no_paired_difference(t["paired"], cols)]
+    out += [
+        "",
         "## Instruction following, head to head (the paper's Figure 3)",
         "",
         f"Judge: `{params.evaluation.judge}`, verdict readout `{params.evaluation.verdict}`, each pair of "
@@ -306,6 +503,7 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                 "chars b",
                 "n",
                 "verdicts for position A %",
+                "same verdict both orders %",
             ],
             [
                 [
@@ -320,6 +518,7 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                     _f(r["chars_b"], digits=0),
                     str(r["n"]),
                     _f(r["first_position"], True),
+                    _f(r["position_consistency"], True),
                 ]
                 for r in t["head_to_head"]
             ],
@@ -358,7 +557,10 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
     out.append(
         _table(
             ["model"] + [r["model"] for r in t["models"]],
-            [["chars"] + [_f(r["mean_chars"], digits=0) for r in t["models"]]],
+            [
+                ["chars"] + [_f(r["mean_chars"], digits=0) for r in t["models"]],
+                ["log p / token of the references"] + [_f(r["reference_logprob"]) for r in t["models"]],
+            ],
         )
     )
     cream = params.method == "cream"
@@ -401,6 +603,42 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
         row += [_f(r["dpo_margin"], digits=4), _f(r["dpo_loss"])]
         rows.append(row)
     out.append(_table(header, rows))
+    out += [
+        "",
+        "Judge health per iteration, on that iteration's candidates: digit mass, the expected readout's mean "
+        "probability on the digits 0–5 after `Score:` (low: the model is not answering with a score); tie rate, "
+        "the share of same-prompt candidate pairs scored equal; all tied, the share of prompts with no pair; "
+        "entropy of the rounded scores in bits (0: one score for everything, 2.58: all six equally often). "
+        "`judge.health` can stop an iteration below set thresholds.",
+        "",
+    ]
+    out.append(
+        _table(
+            [
+                "iteration",
+                "parse rate %",
+                "scored %",
+                "digit mass",
+                "tie rate %",
+                "all tied %",
+                "score entropy",
+                "score–length ρ",
+            ],
+            [
+                [
+                    str(r["iteration"]),
+                    _f(r["parse_rate"], True),
+                    _f(r["scored_rate"], True),
+                    _f(r["digit_mass"]),
+                    _f(r["tie_rate"], True),
+                    _f(r["all_tied_rate"], True),
+                    _f(r["score_entropy"], digits=2),
+                    _f(r["score_length_spearman"]),
+                ]
+                for r in t["iterations"]
+            ],
+        )
+    )
     out += ["", "Candidate score distribution per iteration (scores rounded to 0–5):", ""]
     out.append(
         _table(
@@ -444,30 +682,64 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
         tmp.replace(path)
         written.append(str(path))
 
+    def errors(rows, key, lo, hi):  # matplotlib's asymmetric error bars from interval bounds (NaN: none)
+        centre = [r[key] if r[key] is not None else math.nan for r in rows]
+        low = [c - r[lo] if not _missing(c, r[lo]) else 0.0 for c, r in zip(centre, rows)]
+        high = [r[hi] - c if not _missing(c, r[hi]) else 0.0 for c, r in zip(centre, rows)]
+        return centre, [low, high]
+
     if t["head_to_head"]:
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(t["head_to_head"])))
-        labels = [f"{r['a']} vs {r['b']}" for r in t["head_to_head"]]
+        rows = t["head_to_head"]
+        fig, ax = plt.subplots(figsize=(6, 0.7 + 0.45 * len(rows)))
+        labels = [f"{r['a']} vs {r['b']}" for r in rows]
         left = [0.0] * len(labels)
         for key, color in (("win", "#2a9d8f"), ("tie", "#cccccc"), ("loss", "#e76f51")):
-            vals = [100 * (r[key] or 0) for r in t["head_to_head"]]
+            vals = [100 * (r[key] or 0) for r in rows]
             ax.barh(labels, vals, left=left, color=color, label=key)
             left = [a + b for a, b in zip(left, vals)]
+        centre, err = errors(rows, "win_rate", "win_rate_ci_low", "win_rate_ci_high")
+        ax.errorbar(
+            [100 * c for c in centre],
+            labels,
+            xerr=[[100 * e for e in side] for side in err],
+            fmt="D",
+            color="black",
+            capsize=3,
+            label="win rate (ties ½), 95 % CI",
+        )
+        ax.axvline(50, color="black", linestyle="--", linewidth=0.8, label="chance")
         ax.set_xlabel("% of held-out prompts")
+        ax.set_xlim(0, 100)
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7)
         save(fig, "head_to_head")
     if t["models"]:
-        names = [r["model"] for r in t["models"]]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
-        for readout in ("sampled", "expected"):
-            a1.plot(names, [r[f"{readout}_pairwise_accuracy"] for r in t["models"]], marker="o", label=readout)
-        a1.set_ylabel("pairwise accuracy")
+        rows = t["models"]
+        names = [r["model"] for r in rows]
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.2))
+        for i, readout in enumerate(("sampled", "expected")):
+            k = f"{readout}_pairwise_accuracy"
+            centre, err = errors(rows, k, f"{k}_ci_low", f"{k}_ci_high")
+            x = [j + (i - 0.5) * 0.15 for j in range(len(names))]
+            a1.errorbar(x, centre, yerr=err, marker="o", capsize=3, label=readout)
+        a1.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="chance")
+        a1.set_xticks(range(len(names)), names)
+        a1.set_ylabel("pairwise accuracy (95 % CI)")
         a1.set_title("judge vs human ranks", fontsize=10)
         a1.set_ylim(0, 1)
-        a1.legend(fontsize=8)
-        a2.bar(names, [r["mean_chars"] or 0 for r in t["models"]], color="#457b9d")
-        a2.set_ylabel("mean response chars")
-        a2.set_title("response length", fontsize=10)
+        a1.legend(fontsize=7)
+        for i, level in enumerate(("prompt_strict", "instruction_strict")):
+            centre, err = errors(rows, level, f"{level}_ci_low", f"{level}_ci_high")
+            x = [j + (i - 0.5) * 0.15 for j in range(len(names))]
+            a2.errorbar(x, centre, yerr=err, marker="o", capsize=3, label=level.replace("_", " "))
+        a2.set_xticks(range(len(names)), names)
+        a2.set_ylabel("share followed (95 % CI)")
+        a2.set_title("checkable instructions (no judge)", fontsize=10)
+        a2.set_ylim(0, 1)
+        a2.legend(fontsize=7)
+        a3.bar(names, [r["mean_chars"] or 0 for r in rows], color="#457b9d")
+        a3.set_ylabel("mean response chars")
+        a3.set_title("response length", fontsize=10)
         save(fig, "models")
     if t["iterations"]:
         its = [r["iteration"] for r in t["iterations"]]
@@ -511,6 +783,8 @@ def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
     import pandas as pd
 
     c = collect(params)
+    c["paired"] = paired_comparisons(params)
+    write_metrics(out_dir / "comparisons.json", c["paired"])
     t = tables(c, params.judge.scoring, params.iterations)
     figs = figures(t, out_dir / "figures", params.judge.scoring)
     for name, rows in t.items():

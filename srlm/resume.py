@@ -71,6 +71,12 @@ class ResumableGenerator:
         rows = self._run("next_token_probs", list(zip(prompts, continuations)), [token_ids], compute, desc)
         return [torch.tensor(r, dtype=torch.float32) for r in rows]
 
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str], desc: str = "log-probability"):
+        def compute(chunk, i, label):
+            return self.inner.continuation_logprobs([p for p, _ in chunk], [c for _, c in chunk], desc=label)
+
+        return self._run("continuation_logprobs", list(zip(prompts, continuations)), [], compute, desc)
+
     def _run(self, kind: str, items: list, extra: list, compute, desc: str) -> list:
         n = math.ceil(len(items) / self.shard_size)
         out: list = []

@@ -52,6 +52,13 @@ class Generator(ABC):
         probabilities of `token_ids` as the next token after prompt + continuation: one tensor of shape
         (continuations, len(token_ids)) per prompt. The judge's expected score reads them."""
 
+    @abstractmethod
+    def continuation_logprobs(
+        self, prompts: list[str], continuations: list[str], desc: str = "log-probability"
+    ) -> list:
+        """For each prompt and its one continuation (not empty), the log-probability of each token of the
+        continuation given the prompt and the tokens before it: a list of floats per prompt."""
+
 
 def chat_prompt(tokenizer, user_text: str) -> str:
     """Render a single user turn with the model's chat template, ready for the assistant's reply."""

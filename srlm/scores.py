@@ -210,3 +210,22 @@ def calibrated_outcome(p_a_ab: float, p_a_ba: float) -> str:
     (balanced position calibration); X wins above ½, loses below, ties at exactly ½."""
     p = (p_a_ab + 1 - p_a_ba) / 2
     return "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
+
+
+def health_problems(metrics: dict, health, scoring: str) -> list[str]:
+    """What makes a judge unfit by the `judge.health` thresholds, as readable reasons (empty: healthy)."""
+    nan = float("nan")
+    checks = [
+        ("scored rate", metrics["candidates_scored"] / max(1, metrics["candidates"]), health.min_scored_rate, ">="),
+        ("tie rate", metrics.get("tie_rate", nan), health.max_tie_rate, "<="),
+        ("score entropy (bits)", metrics.get("score_entropy", nan), health.min_score_entropy, ">="),
+    ]
+    if scoring == "expected":
+        checks.append(("digit mass", metrics.get("digit_mass_mean", nan), health.min_digit_mass, ">="))
+    out = []
+    for name, value, bound, op in checks:
+        if value is None or value != value:  # undefined (e.g. no pair of scored candidates): not a pass
+            out.append(f"{name} undefined (needs {op} {bound})")
+        elif not (value >= bound if op == ">=" else value <= bound):
+            out.append(f"{name} {value:.3g}, needs {op} {bound}")
+    return out

@@ -15,7 +15,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .artifacts import EFT, GOLD, IFT, RANKED
+from .artifacts import EFT, GOLD, IFT, RANKED, VERIFIABLE
 from .io import DataError, read_jsonl
 from .prompts import NearDuplicates, judge_prompt
 from .scores import parse_score
@@ -51,6 +51,21 @@ def load_ranked(path) -> list[dict]:
                 "responses": [{"text": x["text"], "rank": x["rank"]} for x in resps],
             }
         )
+    return out
+
+
+def load_verifiable(path) -> list[dict]:
+    """Prompts whose instructions a program checks (lm-eval's IFEval checkers, `srlm.verifiable`):
+    {id, instruction, instruction_id_list, kwargs}, one kwargs mapping per instruction id."""
+    out = []
+    for i, r in enumerate(read_jsonl(path, VERIFIABLE), 1):
+        where = f"{path}: record {i} (id {r['id']!r})"
+        ids, kwargs = r["instruction_id_list"], r["kwargs"]
+        if not ids or len(ids) != len(kwargs):
+            raise DataError(f"{where}: instruction_id_list and kwargs must be non-empty lists of equal length")
+        if not all(isinstance(x, str) for x in ids) or not all(isinstance(k, dict) for k in kwargs):
+            raise DataError(f"{where}: instruction_id_list holds strings and kwargs mappings")
+        out.append({k: r[k] for k in VERIFIABLE} | {"category": r.get("category", "")})
     return out
 
 
@@ -139,14 +154,20 @@ def sft_pairs(ift_path, eft_path, max_ift: int, max_eft: int, seed: int) -> tupl
     return pairs, {"ift_examples": len(ift), "eft_examples": len(eft)}
 
 
-def split(sources: dict[str, list[dict]], eval_fraction: float, seed: int) -> dict[str, tuple[list[dict], list[dict]]]:
+def split(
+    sources: dict[str, list[dict]], eval_fraction: float | dict[str, float], seed: int
+) -> dict[str, tuple[list[dict], list[dict]]]:
     """Seeded train/eval splits of several record lists at once, e.g. {"ift": ..., "ranked": ...,
     "gold": ...}, independent of file order, such that no evaluation instruction is equal or nearly
     equal (`srlm.prompts.NearDuplicates`) to a training instruction of any list.
 
-    Records whose instructions are (nearly) the same, in any list, form a group that goes to one
-    side whole. Groups are visited in a seeded order and put on the eval side while every list they
-    touch stays within its quota, round(n * eval_fraction) (at least 1 of n >= 2, at most n - 1)."""
+    `eval_fraction` is one share for every list or one per list; a list with share 1 is evaluation
+    only (the verifiable prompts). Records whose instructions are (nearly) the same, in any list, form
+    a group that goes to one side whole. Groups touching an evaluation-only list go to the eval side
+    first, whatever they take from the other lists' quotas; the others are visited in a seeded order
+    and put on the eval side while every list they touch stays within its quota, round(n * share)
+    (at least 1 of n >= 2, at most n - 1)."""
+    share = eval_fraction if isinstance(eval_fraction, dict) else {name: eval_fraction for name in sources}
     recs = [(name, r) for name, rs in sources.items() for r in sorted(rs, key=lambda r: r["id"])]
     parent = list(range(len(recs)))
 
@@ -166,16 +187,22 @@ def split(sources: dict[str, list[dict]], eval_fraction: float, seed: int) -> di
         groups[root(i)].append(i)
     order = sorted(groups.values(), key=lambda g: (recs[g[0]][0], recs[g[0]][1]["id"]))
     random.Random(seed).shuffle(order)
+    eval_only = {name for name in sources if share[name] >= 1}
+    order.sort(key=lambda g: not any(recs[i][0] in eval_only for i in g))  # stable: seeded order kept within
 
-    def quota(n):
-        q = round(n * eval_fraction)
-        return max(1, min(q, n - 1)) if eval_fraction > 0 and n >= 2 else q
+    def quota(name):
+        n, f = len(sources[name]), share[name]
+        if f >= 1:
+            return n
+        q = round(n * f)
+        return max(1, min(q, n - 1)) if f > 0 and n >= 2 else q
 
-    room = {name: quota(len(rs)) for name, rs in sources.items()}
+    room = {name: quota(name) for name in sources}
     in_eval = set()
     for g in order:
         need = Counter(recs[i][0] for i in g)
-        if all(room[name] >= k for name, k in need.items()):
+        forced = any(name in eval_only for name in need)
+        if forced or all(room[name] >= k for name, k in need.items()):
             for name, k in need.items():
                 room[name] -= k
             in_eval.update(g)

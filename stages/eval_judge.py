@@ -8,7 +8,17 @@ from srlm.sampling import SamplingParams
 from srlm.tracking import stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
-PARAMS = ["seed", "judge", "generation", "evaluation.ranked_sets", "model.trust_remote_code"]
+PARAMS = [
+    "seed",
+    "judge.scoring",
+    "judge.samples",
+    "judge.temperature",
+    "judge.top_p",
+    "judge.max_new_tokens",
+    "generation",
+    "evaluation.ranked_sets",
+    "model.trust_remote_code",
+]  # judge.health only stops judge@t
 
 
 def run(params, model):

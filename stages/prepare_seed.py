@@ -2,7 +2,9 @@
 no evaluation instruction is equal or nearly equal to a training one, and the list of instructions
 that generated prompts must stay away from (data/reserved/m1.jsonl: every evaluation instruction)."""
 
-from srlm import artifacts, seed, stage
+import dataclasses
+
+from srlm import artifacts, seed, stage, verifiable
 from srlm.config import ConfigError, derive_seed
 from srlm.tracking import stage_run, write_metrics
 
@@ -39,11 +41,21 @@ def run(params):
         if cfg.source != "oasst1":
             ift = seed.limit(ift, cfg.max_ift, derive_seed(params.seed, "subset"))
         ranked = seed.limit(ranked, cfg.max_ranked, derive_seed(params.seed, "subset"))
+        checkable_path = cfg.verifiable_path or seed.BUILTIN_DIR / "verifiable.jsonl"
+        checkable = verifiable.validate(seed.load_verifiable(checkable_path), checkable_path)
+        # Evaluation only (share 1): a training instruction near one of them is held out with it.
+        shares = dataclasses.asdict(cfg.eval_fraction) | {"verifiable": 1.0}
         parts = seed.split(
-            {"ift": ift, "ranked": ranked, "gold": gold}, cfg.eval_fraction, derive_seed(params.seed, "split")
+            {"ift": ift, "ranked": ranked, "gold": gold, "verifiable": checkable},
+            shares,
+            derive_seed(params.seed, "split"),
         )
         counts = {}
         for name, (train, held_out) in parts.items():
+            if name == "verifiable":
+                artifacts.VERIFIABLE_EVAL.write(held_out)
+                counts["verifiable_eval"] = len(held_out)
+                continue
             for split, recs in (("train", train), ("eval", held_out)):
                 artifacts.seed_set(name, split).write(recs)
                 counts[f"{name}_{split}"] = len(recs)

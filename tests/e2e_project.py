@@ -39,6 +39,8 @@ TINY_PARAMS = {
         "ranked_sets": 3,
         "prompts": 3,
         "max_new_tokens": 12,
+        "verifiable_prompts": 3,
+        "follow_max_new_tokens": 12,
         "verdict_max_new_tokens": 12,
     },
 }

@@ -80,6 +80,24 @@ def test_next_token_probs_equal_a_plain_forward(tiny):
             assert torch.allclose(row, ref, atol=1e-5)
 
 
+def test_continuation_logprobs_equal_a_plain_forward(tiny):
+    """Left-padded batches of different lengths give each continuation token's log-probability as one
+    unpadded forward pass does."""
+    model, tok = tiny
+    gen = TransformersGenerator(model, tok, batch_size=8, progress=False)
+    prompts = _prompts(tok)
+    conts = ["a short one", "x", "a much longer continuation " * 4, "yes", "no no", "the end"]
+    got = gen.continuation_logprobs(prompts, conts)
+    for p, c, g in zip(prompts, conts, got):
+        p_ids, c_ids = tok(p, add_special_tokens=False).input_ids, tok(c, add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+        ref = [logp[len(p_ids) - 1 + t, tok_id].item() for t, tok_id in enumerate(c_ids)]
+        assert len(g) == len(c_ids) and g == pytest.approx(ref, abs=1e-4)
+    with pytest.raises(ValueError, match="non-empty continuation"):
+        gen.continuation_logprobs(prompts[:1], [""])
+
+
 @pytest.mark.parametrize("temperature, top_p", [(0.7, 0.9), (1.0, 0.95), (0.9, 1.0)])
 def test_the_nucleus_sampler_draws_from_transformers_top_p_distribution(temperature, top_p):
     """The same distribution as TemperatureLogitsWarper + TopPLogitsWarper, including rows whose nucleus is

@@ -50,6 +50,9 @@ class StubJudge(Generator):
             for p in prompts
         ]
 
+    def continuation_logprobs(self, prompts, continuations, desc=""):
+        raise AssertionError("a head-to-head reads no log-probabilities")
+
 
 X = [{"id": f"p{i}", "instruction": f"task {i}", "output": o} for i, o in enumerate(["good 1", "bad 2", "good 3"])]
 Y = [{"id": f"p{i}", "instruction": f"task {i}", "output": o} for i, o in enumerate(["bad 1", "good 2", "good 3"])]

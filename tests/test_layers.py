@@ -1,9 +1,9 @@
 """The library's layers. The base imports no torch and no model code, so it can be read, tested and reused
 without either: the pure logic (params, files and the artifacts stages exchange, the generator interface,
-prompts, scores, metrics, pairs, seed data) and two services the training loop uses too (progress folders
-on disk, MLflow tracking). The engine (models, generation backends, training, CREAM, launching) builds on
-it; the pipeline glue (stage runner, resumable generation, judging, evaluation, report) on both. Imports
-run one way: down."""
+prompts, scores, metrics, pairs, seed data, the instruction checkers) and two services the training loop
+uses too (progress folders on disk, MLflow tracking). The engine (models, generation backends, training,
+CREAM, launching) builds on it; the pipeline glue (stage runner, resumable generation, judging,
+evaluation, report) on both. Imports run one way: down."""
 
 import ast
 import subprocess
@@ -20,6 +20,7 @@ BASE = [
     "srlm.metrics",
     "srlm.pairing",
     "srlm.seed",
+    "srlm.verifiable",
     "srlm.progress",
     "srlm.tracking",
 ]

@@ -18,7 +18,7 @@ MODELS = ["sft_baseline", "m3"]
 ALL_STAGES = (
     ["prepare_model", "prepare_seed", "sft_baseline", "build_eft", "sft"]
     + [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")]
-    + [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer")]
+    + [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer", "follow")]
     + ["head_to_head@m3_vs_sft_baseline", "report"]
 )
 
@@ -106,6 +106,20 @@ def test_report_is_built_from_the_stage_outputs(project):
     ):
         assert float(row[col]) == pytest.approx(100 * h2h[key], abs=0.05), col
     assert int(row["n"]) == h2h["n"]
+    for m in MODELS:  # the judge-free measure: 3 verifiable prompts, IFEval's four accuracies
+        follow = json.loads((d / artifacts.eval_metrics(m, "follow")).read_text())
+        assert follow["prompts"] == 3 and 0 <= follow["prompt_strict"] <= follow["prompt_loose"] <= 1
+        row = table(report, "model | prompt strict %", m)
+        assert float(row["prompt strict %"]) == pytest.approx(100 * follow["prompt_strict"], abs=0.05)
+    # the paired difference is the difference of the two models' own numbers on the same items
+    paired = json.loads((d / "reports/comparisons.json").read_text())["m3_vs_sft_baseline"]
+    m3, sft = (json.loads((d / artifacts.eval_metrics(m, "follow")).read_text()) for m in ("m3", "sft_baseline"))
+    assert paired["prompt_strict_diff"] == pytest.approx(m3["prompt_strict"] - sft["prompt_strict"])
+    j3, jb = (json.loads((d / artifacts.eval_metrics(m, "judge")).read_text()) for m in ("m3", "sft_baseline"))
+    key = f"{readout}_pairwise_accuracy"
+    assert paired["pairwise_accuracy_diff"] == pytest.approx(j3[key] - jb[key])
+    assert paired["ranked_sets"] == 3 and paired["verifiable_prompts"] == 3
+    assert "Paired differences" in report
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
     assert "iteration" in (d / "reports/plots/iterations.csv").read_text()
 
@@ -205,7 +219,15 @@ def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
     reads_judge = {"judge@1", "judge@2", "judge_prev@1", "judge_prev@2", "pairs@1", "report"} | {
         f"eval_judge@{m}" for m in MODELS
     }
-    downstream = reads_judge | {"pairs@2", "dpo@1", "dpo@2", "sample@2", "answer@m3", "head_to_head@m3_vs_sft_baseline"}
+    downstream = reads_judge | {
+        "pairs@2",
+        "dpo@1",
+        "dpo@2",
+        "sample@2",
+        "answer@m3",
+        "follow@m3",
+        "head_to_head@m3_vs_sft_baseline",
+    }
     assert reads_judge <= ran(exp.stdout) <= downstream, exp.stdout
     show = dvc(["exp", "show", "--csv"], d).stdout
     assert "judge.samples" in show
@@ -232,6 +254,7 @@ def test_cream_reuses_the_generation_stages(project):
         "judge@2",
         "eval_judge@m3",
         "answer@m3",
+        "follow@m3",
         "head_to_head@m3_vs_sft_baseline",
     }
     assert certain <= ran(exp.stdout) <= downstream, exp.stdout
@@ -273,5 +296,15 @@ def test_the_batching_params_rerun_every_generating_stage(project, key):
         dry = dvc(["repro", "--dry"], d)
     finally:
         params.write_text(before)
-    generating = {"build_eft", "gen_prompts", "sample", "judge", "judge_prev", "eval_judge", "answer", "head_to_head"}
+    generating = {
+        "build_eft",
+        "gen_prompts",
+        "sample",
+        "judge",
+        "judge_prev",
+        "eval_judge",
+        "answer",
+        "follow",
+        "head_to_head",
+    }
     assert ran(dry.stdout) == {s for s in ALL_STAGES if s.split("@")[0] in generating}, dry.stdout

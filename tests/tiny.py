@@ -27,8 +27,10 @@ def _corpus() -> list[str]:
     texts = [(ROOT / "srlm/templates/judge_additive.txt").read_text()] + [
         f"Score: {d}\nWinner: {w}" for d in range(6) for w in "AB"
     ] * 20
-    for name in ("ift.jsonl", "gold_judgments.jsonl"):
-        for line in (ROOT / "data/builtin" / name).read_text().splitlines():
+    # The first records of each file only: the tests' expectations of this model were set on them, and new
+    # built-in data must not change the test model.
+    for name, n in (("ift.jsonl", 160), ("gold_judgments.jsonl", 72)):
+        for line in (ROOT / "data/builtin" / name).read_text().splitlines()[:n]:
             rec = json.loads(line)
             texts += [rec["instruction"], rec["response"]]
     return texts

@@ -63,6 +63,10 @@ class EvalFractions:
     ranked: float = probability(0.7)
     gold: float = probability(0.1)
 
+    @staticmethod
+    def from_scalar(value) -> dict:  # `eval_fraction: 0.2`: the same share of every list
+        return {"ift": value, "ranked": value, "gold": value}
+
 
 @dataclass
 class SeedDataConfig:
@@ -296,6 +300,8 @@ _YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(typ, value, path, bound: str | None = None):
+    if dataclasses.is_dataclass(typ) and hasattr(typ, "from_scalar") and not isinstance(value, dict):
+        value = typ.from_scalar(value)
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, path)
     if get_origin(typ) is Literal:

@@ -137,3 +137,14 @@ def test_derive_seed_is_stable_distinct_and_in_range():
     seeds = {derive_seed(s, stage, t) for s in (0, 1234) for stage in ("sample", "judge", "dpo") for t in (1, 2)}
     assert len(seeds) == 12 and all(0 <= x < 2**31 for x in seeds)
     assert derive_seed(1234, "sample", 1) != derive_seed(1235, "sample", 1)
+
+
+def test_eval_fraction_is_one_share_or_one_per_list():
+    from srlm.config import EvalFractions
+
+    assert parse_params({"seed_data": {"eval_fraction": 0.2}}).seed_data.eval_fraction == EvalFractions(0.2, 0.2, 0.2)
+    assert parse_params({"seed_data": {"eval_fraction": {"ift": 0.3}}}).seed_data.eval_fraction == EvalFractions(
+        0.3, 0.7, 0.1
+    )
+    with pytest.raises(ConfigError, match=r"seed_data.eval_fraction.ift = 1.5 must be between 0 and 1"):
+        parse_params({"seed_data": {"eval_fraction": 1.5}})

@@ -123,7 +123,7 @@ class TrainConfig:
 @dataclass
 class SftConfig(TrainConfig):
     max_ift_examples: int = non_negative(24)  # 0 = all
-    max_eft_examples: int = non_negative(12)
+    max_eft_examples: int = non_negative(36)
 
 
 @dataclass
@@ -139,7 +139,7 @@ class EftConfig:
 @dataclass
 class GenPromptsConfig:
     model: str = "m0"  # fixed prompt generator, as in the paper (a directory under models/)
-    num_prompts: int = positive(8)  # new prompts wanted per iteration
+    num_prompts: int = positive(16)  # new prompts wanted per iteration
     shots: int = positive(8)
     max_attempts: int = positive(8)  # few-shot generations per wanted prompt before giving up
     temperature: float = non_negative(0.9)

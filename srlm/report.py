@@ -166,7 +166,7 @@ def _signed(v, pct: bool = True) -> str:
 
 def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     """Which paired differences the data cannot tell from zero, and how many items ±5 points would take."""
-    undecided, need = [], {}
+    undecided, spans = [], {}
     for r in rows:
         for k, label in cols:
             lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
@@ -177,32 +177,36 @@ def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
                 continue  # not a rate: no ±5 points to size for
             unit = "ranked sets" if k.startswith("pairwise") else "verifiable prompts"
             n = r["ranked_sets"] if unit == "ranked sets" else r["verifiable_prompts"]
-            if n:
-                need[unit] = max(need.get(unit, 0), items_for_five_points(lo, hi, n))
+            spans.setdefault(unit, []).append((lo, hi, n))
     if not undecided:
         return "Every paired difference above is away from zero by its 95 % interval."
-    sizes = " and ".join(f"about {v} {k}" for k, v in need.items())
     return (
         f"**No detectable difference at this size** for: {', '.join(undecided)} (the 95 % interval covers "
-        f"zero). Telling a difference apart within ±5 points would take {sizes}."
+        "zero). " + " ".join(_sizing(v, unit) for unit, v in spans.items())
     )
+
+
+def _sizing(intervals: list[tuple[float, float, int]], unit: str) -> str:
+    """How many items a 95 % interval of ±5 points would take, from the widest of `intervals` (low, high, n):
+    the bootstrap's own width scaled by 1/sqrt(n). An interval that is already that narrow, or has no
+    width (every resample the same: the two sides never differ on an item), needs no more items."""
+    wide = [(lo, hi, n) for lo, hi, n in intervals if n and hi - lo > 2 * 0.05]
+    if wide:
+        need = max(items_for_five_points(lo, hi, n) for lo, hi, n in wide)
+        return f"An interval of ±5 points would take about {need} {unit}."
+    return f"These intervals are already within ±5 points: any difference is smaller than that on these {unit}."
 
 
 def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int]]) -> str:
     """The sentence that says which rates the data cannot tell from chance (50 %), and how many items a 95 %
-    interval of ±5 points would take (the bootstrap's own width, scaled by 1/sqrt(n))."""
-    undecided = [
-        (name, lo, hi, n)
-        for name, lo, hi, n in rows
-        if n and lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)) and lo <= 0.5 <= hi
-    ]
+    interval of ±5 points would take."""
+    undecided = [(name, lo, hi, n) for name, lo, hi, n in rows if n and not _missing(lo, hi) and lo <= 0.5 <= hi]
     if not undecided:
         return f"Every {what} above is away from chance (50 %) by its 95 % interval."
-    need = max(items_for_five_points(lo, hi, n) for _, lo, hi, n in undecided)
     names = ", ".join(name for name, *_ in undecided)
     return (
         f"**No detectable difference from chance (50 %)** at this size for: {names} (the 95 % bootstrap "
-        f"interval over the {unit} covers 50 %). An interval of ±5 points would take about {need} {unit}."
+        f"interval over the {unit} covers 50 %). " + _sizing([(lo, hi, n) for _, lo, hi, n in undecided], unit)
     )
 
 

@@ -1,0 +1,36 @@
+"""The report's plain statements about what the data can and cannot show."""
+
+from srlm.report import _no_difference, _no_paired_difference
+
+COLS = [("pairwise_accuracy_diff", "judge pairwise acc"), ("prompt_strict_diff", "prompt strict")]
+
+
+def row(name, **ci):
+    out = {"comparison": name, "ranked_sets": 40, "verifiable_prompts": 100}
+    for k, (lo, hi) in ci.items():
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = lo, hi
+    return out
+
+
+def test_a_difference_whose_interval_covers_zero_is_called_undetectable_and_sized():
+    text = _no_paired_difference(
+        [row("m2 − m1", pairwise_accuracy_diff=(-0.2, 0.2), prompt_strict_diff=(0.02, 0.1))], COLS
+    )
+    assert "No detectable difference at this size** for: m2 − m1 (judge pairwise acc)" in text
+    assert "prompt strict" not in text  # its interval excludes zero
+    # ±20 points on 40 sets: (0.2 / 0.05)² · 40 = 640 sets for ±5
+    assert "about 640 ranked sets" in text
+
+
+def test_no_items_are_asked_for_when_the_interval_is_already_narrow_or_empty():
+    text = _no_paired_difference(
+        [row("m3 − m2", pairwise_accuracy_diff=(0.0, 0.0), prompt_strict_diff=(-0.03, 0.04))], COLS
+    )
+    assert "(judge pairwise acc), m3 − m2 (prompt strict)" in text
+    assert "about" not in text and "already within ±5 points" in text
+    assert _no_paired_difference([row("a − b", pairwise_accuracy_diff=(0.1, 0.3))], COLS[:1]).startswith("Every")
+
+
+def test_chance_statement_for_rates():
+    assert "about 64 prompts" in _no_difference("win rate", "prompts", [("m1 vs m0", 0.4, 0.6, 16)])
+    assert _no_difference("win rate", "prompts", [("m1 vs m0", 0.6, 0.8, 16)]).startswith("Every win rate")

@@ -46,6 +46,15 @@ def git_loader(rev: str, root: Path = Path(".")):
     return lambda path: json.loads(git_text(rev, path, root))
 
 
+def _optional(load, path) -> dict:
+    """A metrics file that runs before 2026-12-01 (evening) did not write: empty there, so old experiments
+    still compare."""
+    try:
+        return load(str(path))
+    except (DataError, json.JSONDecodeError):
+        return {}
+
+
 def collect(params, load=None) -> dict:
     """All metrics the report shows, keyed as the stages wrote them."""
     load = load or file_loader()
@@ -57,7 +66,8 @@ def collect(params, load=None) -> dict:
         for k in map(str, params.iterations)
     }
     models = {
-        m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer", "follow")}
+        m: {name: load(artifacts.eval_metrics(m, name)) for name in ("judge", "answer")}
+        | {"follow": _optional(load, artifacts.eval_metrics(m, "follow"))}
         for m in params.evaluation.models
     }
     h2h = {n: load(artifacts.matchup_metrics(n)) for n in params.evaluation.matchups}
@@ -812,8 +822,22 @@ def _resolve(name: str, root: Path) -> str:
     return name
 
 
+def _seed_groups(runs: dict) -> list[list[str]]:
+    """Runs whose params are equal except for `seed`, in groups of two or more (the order given)."""
+    import dataclasses
+
+    groups: dict[str, list[str]] = {}
+    for name, (params, _) in runs.items():
+        key = json.dumps(dataclasses.asdict(params) | {"seed": None}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(name)
+    return [g for g in groups.values() if len(g) >= 2]
+
+
 def compare(names: list[str], root: Path = Path(".")) -> str:
-    """A Markdown table of the headline numbers of several runs side by side."""
+    """A Markdown table of the headline numbers of several runs side by side; where two or more runs differ
+    only in `seed`, a column with their mean ± standard deviation (run-to-run spread)."""
+    import statistics
+
     import yaml
 
     runs = {}
@@ -825,32 +849,60 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
             params, load = parse_params(yaml.safe_load(git_text(rev, "params.yaml", root))), git_loader(rev, root)
         runs[name] = (params, tables(collect(params, load), params.judge.scoring, params.iterations))
     rows: dict[str, dict[str, str]] = {}
+    values: dict[str, dict[str, float]] = {}
+    formats: dict[str, tuple[bool, int]] = {}
 
-    def put(label, name, value):
-        rows.setdefault(label, {})[name] = value
+    def put(label, name, value, pct: bool = False, digits: int = 3):
+        rows.setdefault(label, {})[name] = _f(value, pct, digits) if not isinstance(value, str) else value
+        if isinstance(value, (int, float)) and not _missing(value):
+            values.setdefault(label, {})[name] = float(value)
+            formats[label] = (pct, digits)
 
     for name, (params, t) in runs.items():
         sc = params.judge.scoring
         put("method", name, params.method)
         put("judge.scoring", name, sc)
+        put("seed", name, str(params.seed))
         for r in t["models"]:
-            put(f"{r['model']}: pairwise accuracy % ({sc})", name, _f(r[f"{sc}_pairwise_accuracy"], True))
-            put(f"{r['model']}: Kendall τ ({sc})", name, _f(r[f"{sc}_kendall"]))
+            put(f"{r['model']}: pairwise accuracy % ({sc})", name, r[f"{sc}_pairwise_accuracy"], True)
+            put(f"{r['model']}: Kendall τ ({sc})", name, r[f"{sc}_kendall"])
+            put(f"{r['model']}: prompt strict % (checked instructions)", name, r.get("prompt_strict"), True)
         for r in t["head_to_head"]:
             put(
                 f"{r['a']} vs {r['b']}: win / tie / loss %",
                 name,
                 f"{_f(r['win'], True)} / {_f(r['tie'], True)} / {_f(r['loss'], True)}",
             )
-            put(f"{r['a']} vs {r['b']}: LC win rate %", name, _f(r["lc_win_rate"], True))
+            put(f"{r['a']} vs {r['b']}: win rate % (ties ½)", name, r["win_rate"], True)
+            put(f"{r['a']} vs {r['b']}: LC win rate %", name, r["lc_win_rate"], True)
         for r in t["iterations"]:
-            put(f"iteration {r['iteration']}: pairs", name, str(r["pairs"]))
-            put(f"iteration {r['iteration']}: consistency C", name, _f(r["consistency_mean"]))
-            put(f"iteration {r['iteration']}: DPO margin", name, _f(r["dpo_margin"], digits=4))
+            put(f"iteration {r['iteration']}: pairs", name, r["pairs"], digits=0)
+            put(f"iteration {r['iteration']}: consistency C", name, r["consistency_mean"])
+            put(f"iteration {r['iteration']}: DPO margin", name, r["dpo_margin"], digits=4)
         for r in t["models"]:
-            put(f"{r['model']}: response chars", name, _f(r["mean_chars"], digits=0))
-    body = _table(["", *names], [[label, *(v.get(n, "–") for n in names)] for label, v in rows.items()])
-    return f"# Runs side by side\n\n{body}\n"
+            put(f"{r['model']}: response chars", name, r["mean_chars"], digits=0)
+    header, columns = ["", *names], list(names)
+    for g in _seed_groups(runs):
+        col = f"mean ± sd over seeds ({', '.join(g)})"
+        header.append(col)
+        columns.append(col)
+        for label, v in values.items():
+            xs = [v[n] for n in g if n in v]
+            if len(xs) >= 2:
+                pct, digits = formats[label]
+                scale = 100 if pct else 1
+                rows[label][col] = f"{scale * statistics.mean(xs):.{1 if pct else digits}f} ± " + (
+                    f"{scale * statistics.stdev(xs):.{1 if pct else max(digits, 1)}f}"
+                )
+    body = _table(header, [[label, *(v.get(c, "–") for c in columns)] for label, v in rows.items()])
+    note = (
+        "\n\nThe spread is the sample standard deviation over runs that differ only in `seed`: how much a "
+        "number moves from run to run with everything else fixed. A difference between methods smaller than "
+        "it is not a finding."
+        if len(header) > len(names) + 1
+        else ""
+    )
+    return f"# Runs side by side\n\n{body}{note}\n"
 
 
 def main(argv: list[str] | None = None) -> None:

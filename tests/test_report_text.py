@@ -34,3 +34,16 @@ def test_no_items_are_asked_for_when_the_interval_is_already_narrow_or_empty():
 def test_chance_statement_for_rates():
     assert "about 64 prompts" in _no_difference("win rate", "prompts", [("m1 vs m0", 0.4, 0.6, 16)])
     assert _no_difference("win rate", "prompts", [("m1 vs m0", 0.6, 0.8, 16)]).startswith("Every win rate")
+
+
+def test_runs_that_differ_only_in_seed_are_grouped_for_their_spread():
+    from srlm.config import parse_params
+    from srlm.report import _seed_groups
+
+    runs = {
+        "s1": (parse_params({"seed": 1}), None),
+        "s2": (parse_params({"seed": 2}), None),
+        "cream": (parse_params({"seed": 1, "method": "cream"}), None),
+        "s3": (parse_params({"seed": 3}), None),
+    }
+    assert _seed_groups(runs) == [["s1", "s2", "s3"]]

@@ -173,7 +173,9 @@ class JudgeHealthConfig:
 class JudgeConfig:
     # sampled: the parsed `Score: N` (the paper). expected: Σ p(n)·n of the digits the model puts
     # right after `Score:` at the end of each judgment; every judgment gets a continuous score.
-    scoring: Literal["sampled", "expected"] = "expected"
+    # direct: the same digits read right after the judge prompt with `Score:` as the start of the
+    # answer, no justification written (one forward pass per candidate; `samples` does not apply).
+    scoring: Literal["sampled", "expected", "direct"] = "expected"
     samples: int = positive(3)
     temperature: float = non_negative(0.7)
     top_p: float = probability(0.9)
@@ -186,7 +188,7 @@ class PairsConfig:
     mode: Literal["preference", "positive"] = "preference"
     min_valid: int = positive(2)  # candidates with a valid score needed to form a pair
     # none: a prompt whose candidates all have the same score is dropped (the paper).
-    # other_readout: the readout not used for `score` (sampled <-> expected) breaks such ties.
+    # other_readout: the readout not used for `score` (sampled <-> expected) breaks such ties (not with direct).
     tie_break: Literal["none", "other_readout"] = "none"
     # A candidate cut off by sample.max_new_tokens is never `chosen` (nor a positive) unless true.
     truncated_chosen: bool = False
@@ -240,6 +242,9 @@ class EvaluationConfig:
     # calibrated: p(A) averaged over both orders, so a constant position bias cancels out.
     verdict: Literal["sampled", "probability", "calibrated"] = "probability"
     verdict_max_new_tokens: int = positive(48)
+    # Model a of each matchup also judges it: its win rate by its own judgment minus by the judge's
+    # (self-preference, with a paired interval over the prompts). Costs a second judging per matchup.
+    self_preference: bool = True
     matchups: dict = field(default_factory=_default_matchups)  # name: {a: model, b: model}
 
 
@@ -354,6 +359,11 @@ def parse_params(data: dict) -> Params:
     _check_evaluation(params.evaluation, params.iterations)
     _check_paths(params)
     _check_distributed(params.distributed)
+    if params.judge.scoring == "direct" and params.pairs.tie_break == "other_readout":
+        raise ConfigError(
+            "params.yaml: pairs.tie_break = 'other_readout' needs a second readout, and judge.scoring = 'direct' "
+            "reads only one; set pairs.tie_break: none"
+        )
     for section in ("sft", "dpo"):
         cfg = getattr(params, section)
         if cfg.final_learning_rate > cfg.learning_rate:

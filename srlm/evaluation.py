@@ -21,9 +21,10 @@ from .scores import calibrated_outcome, candidate_scores, combine_orders, judge_
 
 def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tuple[list[dict], dict]:
     """Judge every response of the held-out ranked sets (the paper's Table 2) and compare both
-    readouts, the parsed `Score: N` (sampled) and the expected score, with the human ranks."""
+    readouts, the parsed `Score: N` (sampled) and the expected score, with the human ranks (with
+    scoring="direct", the one readout that needs no judgment written)."""
     items = [(s["instruction"], r["text"]) for s in sets for r in s["responses"]]
-    judged = iter(judge_responses(generator, items, sampling, desc="judge ranked sets"))
+    judged = iter(judge_responses(generator, items, sampling, desc="judge ranked sets", scoring=scoring))
     rows = []
     for s in sets:
         for j, r in enumerate(s["responses"]):
@@ -46,7 +47,9 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
     )
     set_rows = [[r for r in rows if r["set_id"] == s["id"]] for s in sets]
     lengths, set_ids = [len(r["response"]) for r in rows], [r["set_id"] for r in rows]
-    for readout in ("sampled", "expected"):
+    if scoring == "direct":
+        metrics["parse_rate"] = None  # no judgment written
+    for readout in ("direct",) if scoring == "direct" else ("sampled", "expected"):
         key = f"{readout}_score"
         by_set = [
             {"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}

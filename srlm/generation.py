@@ -147,6 +147,9 @@ class TransformersGenerator(Generator):
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         per_batch = max(1, self.batch_size // k)
         out: list[torch.Tensor | None] = [None] * len(ids)
+        # Only the last position goes through the output layer, and in fp32: in bf16 the six digit logits of
+        # a judge that hardly tells responses apart round to one value and every expected score ties.
+        decoder, weight, bias = self._fp32_head()
         bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
         for b in range(0, len(order), per_batch):
             idx = order[b : b + per_batch]
@@ -164,19 +167,22 @@ class TransformersGenerator(Generator):
                 c_mask[r, Lc - len(c) :] = 1
             full_mask = torch.cat([mask, c_mask], dim=1)
             pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] :]
-            logits = (
-                self.model(
-                    input_ids=c_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache, use_cache=True
-                )
-                .logits[:, -1]
-                .float()
-            )
-            probs = torch.softmax(logits, dim=-1)[:, token_ids]
+            hidden = decoder(
+                input_ids=c_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache, use_cache=True
+            ).last_hidden_state[:, -1]
+            probs = torch.softmax(torch.nn.functional.linear(hidden.float(), weight, bias), dim=-1)[:, token_ids]
             for j, i in enumerate(idx):
                 out[i] = probs[j * k : (j + 1) * k]
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]
+
+    def _fp32_head(self):
+        """The model without its output layer, and that layer's weights in fp32 (for readouts that need only a
+        few positions' logits, computed at full precision whatever the model's dtype)."""
+        head = self.model.get_output_embeddings()
+        bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+        return self.model.get_decoder(), head.weight.float(), bias
 
     @torch.inference_mode()
     def continuation_logprobs(self, prompts: list[str], continuations: list[str], desc: str = "log-probability"):
@@ -194,9 +200,7 @@ class TransformersGenerator(Generator):
             raise ModelError(
                 f"{desc}: a prompt with its continuation is longer than the model's context ({self.context})"
             )
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        weight = head.weight.float()
-        bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+        decoder, weight, bias = self._fp32_head()
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         per_batch = max(1, self.batch_size // 4)  # logits of every continuation position: vocab-wide rows
         out: list = [None] * len(rows)

@@ -19,15 +19,32 @@ from .scores import (
 )
 
 
-def judge_responses(generator, items: list[tuple[str, str]], sampling, expected: bool = True, desc: str = "judge"):
+def judge_responses(
+    generator, items: list[tuple[str, str]], sampling, expected: bool = True, desc: str = "judge", scoring: str = ""
+):
     """Judge (instruction, response) items with the Figure 2 prompt, `sampling.n` samples each.
 
     Returns, per item, the judgment texts, their parsed scores (None when unparsable) with the
     parse status, and (expected=True) the expected score read after `Score:` at the end of each
-    judgment. Both readouts are kept so that pairs can break ties and reports can compare them."""
+    judgment. Both readouts are kept so that pairs can break ties and reports can compare them.
+    With scoring="direct", nothing is sampled: the digits are read right after the prompt with
+    `Score:` as the answer's start (`direct_scores`, one per item, and its digit mass)."""
 
     tok = generator.tokenizer
     prompts = [chat_prompt(tok, judge_prompt(ins, resp)) for ins, resp in items]
+    if scoring == "direct":
+        anchor, targets = score_tokens(tok)
+        probs = generator.next_token_probs(prompts, [[anchor]] * len(prompts), targets, desc=f"{desc} (direct)")
+        return [
+            {
+                "judgments": [],
+                "scores": [],
+                "statuses": [],
+                "direct_scores": [round(expected_score(p[0].tolist()), 4)],
+                "digit_mass": [round(float(p[0].sum()), 4)],
+            }
+            for p in probs
+        ]
     outs = generator.generate(prompts, sampling, desc=desc)
     results = []
     for comps in outs:
@@ -54,7 +71,9 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
     """Judge candidate rows ({prompt_id, candidate_id, prompt, response}) with both readouts.
     Returns the rows with their judgments and scores, and the judge's metrics, bias monitor
     included (how the score follows the response's length)."""
-    judged = judge_responses(generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc)
+    judged = judge_responses(
+        generator, [(c["prompt"], c["response"]) for c in cands], sampling, desc=desc, scoring=scoring
+    )
     rows = [
         {
             "prompt_id": c["prompt_id"],
@@ -74,7 +93,9 @@ def judge_candidates(generator, cands: list[dict], sampling, scoring: str, desc:
         [x for r in rows for x in r.get("digit_mass", [])],
     )
     metrics |= {"scoring": scoring, "candidates": len(rows), "candidates_scored": sum(s is not None for s in scores)}
-    for key in ("sampled_score", "expected_score"):
+    if scoring == "direct":  # no judgment written: nothing to parse
+        metrics["parse_rate"] = None
+    for key in ("sampled_score", "expected_score", "direct_score"):
         vals = [r[key] for r in rows if r[key] is not None]
         metrics[f"{key}_mean"] = sum(vals) / len(vals) if vals else float("nan")
     metrics |= length_bias(scores, [len(r["response"]) for r in rows], [r["prompt_id"] for r in rows])

@@ -239,7 +239,7 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
         for k in FOLLOW_INTERVALS:
             row[k] = f.get(k)
             row[f"{k}_ci_low"], row[f"{k}_ci_high"] = f.get(f"{k}_ci_low"), f.get(f"{k}_ci_high")
-        for readout in ("sampled", "expected"):
+        for readout in ("sampled", "expected", "direct"):
             for k in (
                 "sets",
                 "pairwise_accuracy_ci_low",
@@ -300,6 +300,9 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
             "chars_b": v.get("mean_chars_y"),
             "first_position": v.get("verdicts_first_position"),
             "position_consistency": v.get("position_consistency"),
+            "self_preference": v.get("self_preference"),
+            "self_preference_ci_low": v.get("self_preference_ci_low"),
+            "self_preference_ci_high": v.get("self_preference_ci_high"),
             "judge": v.get("judge"),
             "judge_conflict": judge_conflict(v.get("judge", ""), v["a"], v["b"], lineage) or "",
         }
@@ -518,6 +521,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                 "n",
                 "verdicts for position A %",
                 "same verdict both orders %",
+                "self-preference of a (points)",
+                "95 % CI",
             ],
             [
                 [
@@ -533,6 +538,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                     str(r["n"]),
                     _f(r["first_position"], True),
                     _f(r["position_consistency"], True),
+                    _signed(r["self_preference"]),
+                    _interval(r["self_preference_ci_low"], r["self_preference_ci_high"], signed=True),
                 ]
                 for r in t["head_to_head"]
             ],
@@ -561,6 +568,12 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             f"trained from one (judge `{params.evaluation.judge}`).",
         ]
     )
+    out += [
+        "",
+        "Self-preference: model a judges the same pairs itself (`evaluation.self_preference`); its win rate "
+        "by its own verdicts minus by the judge's, with a paired interval over the prompts. Above zero, a "
+        "model favours its own answers more than the judge does; that is what a self-rewarding judge risks.",
+    ]
     out += [
         "",
         "An unbiased judge gives position A about half of its verdicts; near 100 % (or 0 %) means the "
@@ -731,7 +744,12 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
         rows = t["models"]
         names = [r["model"] for r in rows]
         fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.2))
-        for i, readout in enumerate(("sampled", "expected")):
+        shown = [
+            ro
+            for ro in ("sampled", "expected", "direct")
+            if any(r[f"{ro}_pairwise_accuracy"] is not None for r in rows)
+        ]
+        for i, readout in enumerate(shown):
             k = f"{readout}_pairwise_accuracy"
             centre, err = errors(rows, k, f"{k}_ci_low", f"{k}_ci_high")
             x = [j + (i - 0.5) * 0.15 for j in range(len(names))]

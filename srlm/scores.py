@@ -156,18 +156,22 @@ def _before_score(judgment: str) -> str:
 
 
 def candidate_scores(result: dict, scoring: str) -> dict:
-    """A candidate's scores from its k judgments: `sampled_score` (mean of the valid parsed
-    scores), `expected_score` (mean of the expected scores, when read) and `score`, the one
-    `scoring` selects. None where no judgment gave a value."""
+    """A candidate's scores from its judgments: `sampled_score` (mean of the valid parsed scores),
+    `expected_score` (mean of the expected scores, when read), `direct_score` (the digits read right
+    after the prompt, when read) and `score`, the one `scoring` selects. None where nothing gave a value."""
     sampled = average(result["scores"])
     exp = [v for v in result.get("expected_scores", []) if v == v]  # drop NaN
     expected = round(sum(exp) / len(exp), 4) if exp else None
-    if scoring == "expected" and "expected_scores" not in result:
-        raise ValueError("scoring='expected' needs judgments read with expected=True")
+    direct = [v for v in result.get("direct_scores", []) if v == v]
+    direct_score = round(sum(direct) / len(direct), 4) if direct else None
+    needs = {"expected": "expected_scores", "direct": "direct_scores"}.get(scoring)
+    if needs and needs not in result:
+        raise ValueError(f"scoring={scoring!r} needs judgments read with that readout ({needs})")
     return {
         "sampled_score": sampled,
         "expected_score": expected,
-        "score": expected if scoring == "expected" else sampled,
+        "direct_score": direct_score,
+        "score": {"expected": expected, "direct": direct_score, "sampled": sampled}[scoring],
     }
 
 
@@ -220,7 +224,7 @@ def health_problems(metrics: dict, health, scoring: str) -> list[str]:
         ("tie rate", metrics.get("tie_rate", nan), health.max_tie_rate, "<="),
         ("score entropy (bits)", metrics.get("score_entropy", nan), health.min_score_entropy, ">="),
     ]
-    if scoring == "expected":
+    if scoring in ("expected", "direct"):
         checks.append(("digit mass", metrics.get("digit_mass_mean", nan), health.min_digit_mass, ">="))
     out = []
     for name, value, bound, op in checks:

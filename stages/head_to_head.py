@@ -1,7 +1,7 @@
 """head_to_head@<a>_vs_<b>: the evaluation judge (evaluation.judge, any model directory) compares model a's
-and model b's responses to the
-held-out prompts in both orders; disagreement is a tie. Win/tie/loss from a's side, and the
-win rate with the length difference regressed out."""
+and model b's responses to the held-out prompts in both orders; disagreement is a tie. Win/tie/loss from
+a's side, and the win rate with the length difference regressed out. With evaluation.self_preference,
+model a also judges the same pairs: how much more it favours its own answers than the judge does."""
 
 from pathlib import Path
 
@@ -9,6 +9,7 @@ from srlm import artifacts, stage
 from srlm.config import derive_seed
 from srlm.evaluation import head_to_head
 from srlm.io import DataError
+from srlm.metrics import head_to_head_summary, paired_difference
 from srlm.sampling import SamplingParams
 from srlm.tracking import stage_run, write_metrics
 
@@ -21,6 +22,7 @@ PARAMS = [
     "evaluation.temperature",
     "evaluation.top_p",
     "evaluation.verdict_max_new_tokens",
+    "evaluation.self_preference",
     "model.trust_remote_code",
 ]
 
@@ -37,6 +39,26 @@ def run(params, name, matchup):
             rows, metrics = head_to_head(generator, x, y, ev.verdict, sampling)
         except ValueError as e:
             raise DataError(f"head_to_head@{name}: {e}") from None
+        generator.clear()
+        if ev.self_preference:
+            own = stage.generator(params, matchup["a"], f"head_to_head@{name}.self")
+            self_rows, self_metrics = head_to_head(own, x, y, ev.verdict, sampling)
+            own.clear()
+            for r, s in zip(rows, self_rows):
+                r["self_outcome"] = s["outcome"]
+            diff = paired_difference(
+                [s["outcome"] for s in self_rows],
+                [r["outcome"] for r in rows],
+                head_to_head_summary,
+                ["win_rate_ties_half"],
+                sampling.seed,
+            )
+            metrics |= {
+                "self_judged_win_rate": self_metrics["win_rate_ties_half"],
+                "self_preference": diff["win_rate_ties_half_diff"],
+                "self_preference_ci_low": diff["win_rate_ties_half_diff_ci_low"],
+                "self_preference_ci_high": diff["win_rate_ties_half_diff_ci_high"],
+            }
         artifacts.verdicts(name).write(rows)
         write_metrics(
             artifacts.matchup_metrics(name),
@@ -49,7 +71,6 @@ def run(params, name, matchup):
                 "dtype": generator.dtype,
             },
         )
-        generator.clear()
 
 
 if __name__ == "__main__":

@@ -115,11 +115,16 @@ def test_candidate_scores_keep_both_readouts():
     from srlm.scores import candidate_scores
 
     r = {"scores": [4, None, 2], "expected_scores": [3.5, float("nan"), 2.5]}
-    assert candidate_scores(r, "sampled") == {"sampled_score": 3, "expected_score": 3.0, "score": 3}
+    assert candidate_scores(r, "sampled") == {
+        "sampled_score": 3,
+        "expected_score": 3.0,
+        "direct_score": None,
+        "score": 3,
+    }
     assert candidate_scores(r, "expected")["score"] == 3.0
     none = candidate_scores({"scores": [None], "expected_scores": [float("nan")]}, "expected")
-    assert none == {"sampled_score": None, "expected_score": None, "score": None}
-    with pytest.raises(ValueError, match="expected=True"):
+    assert none == {"sampled_score": None, "expected_score": None, "direct_score": None, "score": None}
+    with pytest.raises(ValueError, match="expected_scores"):
         candidate_scores({"scores": [4]}, "expected")
 
 

@@ -9,7 +9,15 @@ from srlm.generation import TransformersGenerator
 from srlm.judging import judge_responses, pairwise_verdicts
 from srlm.prompts import judge_prompt, pairwise_prompt
 from srlm.sampling import SamplingParams, chat_prompt
-from srlm.scores import _before_score, expected_score, label_tokens, parse_score, parse_verdict, score_tokens
+from srlm.scores import (
+    _before_score,
+    candidate_scores,
+    expected_score,
+    label_tokens,
+    parse_score,
+    parse_verdict,
+    score_tokens,
+)
 
 ITEMS = [("Name a colour.", "Blue."), ("Count to three.", "1 2 3"), ("Say hi.", "Hello there, friend.")]
 
@@ -93,3 +101,35 @@ def test_pairwise_verdicts_on_the_transformers_backend(tiny, gen, mode):
             pa, pb = next_token(model, tok, prompt, anchor, targets).tolist()
             assert r[f"p_a_{order}"] == pytest.approx(pa / (pa + pb), abs=2e-4)
             assert r[order] == ("A" if pa > pb else "B")
+
+
+def test_the_direct_readout_reads_the_digits_right_after_the_prompt(tiny, gen):
+    """judge.scoring: direct writes no judgment: `Score:` starts the answer, one forward pass per item."""
+    model, tok = tiny
+    sampling = SamplingParams(n=3, temperature=0.9, top_p=1.0, max_new_tokens=8, seed=3)
+    results = judge_responses(gen, ITEMS, sampling, scoring="direct")
+    anchor, targets = score_tokens(tok)
+    for (ins, resp), r in zip(ITEMS, results):
+        assert r["judgments"] == [] and r["statuses"] == []
+        p = next_token(model, tok, chat_prompt(tok, judge_prompt(ins, resp)), anchor, targets)
+        assert r["direct_scores"] == [pytest.approx(expected_score(p.tolist()), abs=2e-4)]
+        assert r["digit_mass"] == [pytest.approx(float(p.sum()), abs=2e-4)]
+    scores = [candidate_scores(r, "direct") for r in results]
+    assert all(s["score"] == s["direct_score"] is not None and s["sampled_score"] is None for s in scores)
+    with pytest.raises(ValueError, match="direct_scores"):
+        candidate_scores(judge_responses(gen, ITEMS[:1], sampling, expected=False)[0], "direct")
+
+
+def test_table2_under_the_direct_readout(gen):
+    from srlm.evaluation import judge_ranked_sets
+
+    sets = [
+        {"id": f"s{i}", "instruction": ins, "responses": [{"text": resp, "rank": 0}, {"text": "No.", "rank": 1}]}
+        for i, (ins, resp) in enumerate(ITEMS)
+    ]
+    sampling = SamplingParams(n=3, temperature=0.9, top_p=1.0, max_new_tokens=8, seed=3)
+    rows, metrics = judge_ranked_sets(gen, sets, sampling, "direct")
+    assert len(rows) == 6 and all(r["score"] == r["direct_score"] is not None for r in rows)
+    assert metrics["parse_rate"] is None and metrics["direct_pairs"] == 3
+    assert 0 <= metrics["direct_pairwise_accuracy"] <= 1 and "direct_pairwise_accuracy_ci_low" in metrics
+    assert not any(k.startswith("sampled_") for k in metrics)

@@ -97,6 +97,8 @@ def test_report_is_built_from_the_stage_outputs(project):
         assert len(alpaca) == 3 and set(alpaca[0]) == {"instruction", "output", "generator"}
     h2h = json.loads((d / artifacts.matchup_metrics("m3_vs_sft_baseline")).read_text())
     assert h2h["win"] + h2h["tie"] + h2h["loss"] == h2h["n"] == 3
+    # m3 judged its own matchup too: its self-preference is its win rate by itself minus by the judge
+    assert h2h["self_preference"] == pytest.approx(h2h["self_judged_win_rate"] - h2h["win_rate_ties_half"])
     row = table(report, "a vs b |", "m3 vs sft_baseline")
     for col, key in (
         ("win %", "win_rate"),

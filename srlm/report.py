@@ -810,6 +810,32 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
     return written
 
 
+def interval_tables(t: dict, scoring: str) -> dict[str, list[dict]]:
+    """One value and its 95 % interval per row (value, ci_low, ci_high), for `dvc plots` with the
+    interval templates in .dvc/plots/ (error bars; the chance line where one applies)."""
+
+    def rows(items, label, key, lo, hi):
+        return [{label: r[label], "value": r[key], "ci_low": r[lo], "ci_high": r[hi]} for r in items]
+
+    k = f"{scoring}_pairwise_accuracy"
+    out = {
+        "judge_accuracy": rows(t["models"], "model", k, f"{k}_ci_low", f"{k}_ci_high"),
+        "instruction_following": rows(
+            t["models"], "model", "prompt_strict", "prompt_strict_ci_low", "prompt_strict_ci_high"
+        ),
+        "win_rate": [
+            {
+                "matchup": f"{r['a']} vs {r['b']}",
+                "value": r["win_rate"],
+                "ci_low": r["win_rate_ci_low"],
+                "ci_high": r["win_rate_ci_high"],
+            }
+            for r in t["head_to_head"]
+        ],
+    }
+    return out
+
+
 def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
     """Collect, render and write the report (Markdown, PNG figures, CSV tables for `dvc plots`)."""
     import pandas as pd
@@ -819,7 +845,7 @@ def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
     write_metrics(out_dir / "comparisons.json", c["paired"])
     t = tables(c, params.judge.scoring, params.iterations)
     figs = figures(t, out_dir / "figures", params.judge.scoring)
-    for name, rows in t.items():
+    for name, rows in (t | interval_tables(t, params.judge.scoring)).items():
         path = out_dir / "plots" / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))

@@ -123,6 +123,12 @@ def test_report_is_built_from_the_stage_outputs(project):
     assert paired["ranked_sets"] == 3 and paired["verifiable_prompts"] == 3
     assert "Paired differences" in report
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
+    # `dvc plots show` draws the intervals as error bars, with the chance line where one applies
+    plots = json.loads(dvc(["plots", "show", "--json"], d).stdout)["data"]
+    judge_plot = next(v[0]["content"] for k, v in plots.items() if k.startswith("Judge pairwise accuracy"))
+    assert [layer["mark"]["type"] for layer in judge_plot["layer"]] == ["errorbar", "point", "rule"]
+    assert {r["model"] for r in judge_plot["data"]["values"]} == set(MODELS)
+    assert all({"value", "ci_low", "ci_high"} <= set(r) for r in judge_plot["data"]["values"])
     assert "iteration" in (d / "reports/plots/iterations.csv").read_text()
 
 

@@ -5,6 +5,7 @@ view of what the loop did (prompts, parse rate, pairs, lengths, consistency)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import subprocess
@@ -99,28 +100,24 @@ def paired_comparisons(params) -> dict:
     pairwise accuracy (resampling ranked sets), the IFEval accuracies and the mean log-probability of the
     held-out reference responses (resampling prompts). Read from the per-item files of eval_judge, follow
     and answer."""
-    readout = f"{params.judge.scoring}"
-    sets, follows, answers = {}, {}, {}
+    readout = params.judge.scoring
 
+    @functools.cache  # each model's files are read once, however many comparisons it is in
     def ranked(m):
-        if m not in sets:
-            by_set: dict[str, dict] = {}
-            for r in sorted(artifacts.ranked_judgments(m).read(), key=lambda r: r["response_index"]):
-                s = by_set.setdefault(r["set_id"], {"id": r["set_id"], "ranks": [], "scores": []})
-                s["ranks"].append(r["rank"])
-                s["scores"].append(r[f"{readout}_score"])
-            sets[m] = by_set
-        return sets[m]
+        by_set: dict[str, dict] = {}
+        for r in sorted(artifacts.ranked_judgments(m).read(), key=lambda r: r["response_index"]):
+            s = by_set.setdefault(r["set_id"], {"id": r["set_id"], "ranks": [], "scores": []})
+            s["ranks"].append(r["rank"])
+            s["scores"].append(r[f"{readout}_score"])
+        return by_set
 
+    @functools.cache
     def answered(m):
-        if m not in answers:
-            answers[m] = {r["id"]: r for r in artifacts.responses(m).read()}
-        return answers[m]
+        return {r["id"]: r for r in artifacts.responses(m).read()}
 
+    @functools.cache
     def followed(m):
-        if m not in follows:
-            follows[m] = {r["id"]: r for r in artifacts.followed(m).read()}
-        return follows[m]
+        return {r["id"]: r for r in artifacts.followed(m).read()}
 
     seed = derive_seed(params.seed, "paired")
     out = {}

@@ -1,8 +1,15 @@
 """What the benchmarks share."""
 
 import tempfile
+import time
 from pathlib import Path
+from unittest import mock
 
+import torch
+from transformers import TrainerCallback
+
+from srlm import training
+from srlm.config import DpoConfig, LoraConfig, SftConfig, derive_seed
 from srlm.modeling import prepare_base_model
 
 
@@ -15,3 +22,41 @@ def model_or_default(path: str) -> Path:
         print(f"{path} not found: preparing the embedded default in {model_dir}")
         prepare_base_model("smollm2-135m-instruct", model_dir)
     return model_dir
+
+
+def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def train(
+    kind: str, model_dir, examples, precision: str, seq: int, work: Path, batch_size: int = 4, dropout: float = 0.0
+) -> dict:
+    """The pipeline's own training call (TRL's SFTTrainer or DPOTrainer, LoRA r=16 as in params.yaml), one
+    optimizer step per batch; returns its summary plus the seconds of each step (`step_times`) and their mean
+    after the first (`step_s`)."""
+    lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=dropout)
+    common = dict(
+        batch_size=batch_size, grad_accum=1, max_length=seq, learning_rate=2e-4, precision=precision, save_steps=0
+    )
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    fn, cfg = (
+        (training.train_sft, SftConfig(**common, lora=lora))
+        if kind == "sft"
+        else (training.train_dpo, DpoConfig(**common, lora=lora))
+    )
+    with mock.patch.object(training, "HoldAfterSave", Clock):  # the trainers' per-step hook, timing here
+        m = fn(model_dir, work / "out", examples, cfg, seed=derive_seed(0, kind), work_dir=work / "ckpt")
+    return m | {"step_times": times, "step_s": sum(times[1:]) / max(1, len(times) - 1)}

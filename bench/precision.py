@@ -18,54 +18,19 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
-from common import model_or_default
-from transformers import TrainerCallback
+from common import matmul_gflops, model_or_default, train
 
-from srlm import training
-from srlm.config import DpoConfig, LoraConfig, SftConfig, derive_seed
 from srlm.generation import TransformersGenerator, register_fast_attention
 from srlm.modeling import fast_bf16, load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.scores import _before_score, expected_score, score_tokens
 from srlm.seed import BUILTIN_DIR, load_gold, load_ift, load_ranked
-from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
+from srlm.training import dpo_examples, sft_examples
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def train(kind: str, model_dir, examples, precision: str, seq: int, work: Path) -> dict:
-    """The pipeline's own training call (TRL's SFTTrainer or DPOTrainer, LoRA r=16 as in params.yaml), one
-    optimizer step per batch of 4; returns its summary plus the mean seconds of the steps after the first."""
-    lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=0.0)
-    common = dict(batch_size=4, grad_accum=1, max_length=seq, learning_rate=2e-4, precision=precision, save_steps=0)
-    times = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
-    fn, cfg = (
-        (train_sft, SftConfig(**common, lora=lora)) if kind == "sft" else (train_dpo, DpoConfig(**common, lora=lora))
-    )
-    with mock.patch.object(training, "HoldAfterSave", Clock):  # the trainers' per-step hook, timing here
-        m = fn(model_dir, work / "out", examples, cfg, seed=derive_seed(0, kind), work_dir=work / "ckpt")
-    return m | {"step_s": sum(times[1:]) / max(1, len(times) - 1)}
 
 
 def main():

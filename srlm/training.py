@@ -9,6 +9,7 @@ complete checkpoint and never from a stale one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import trl.trainer.utils as trl_utils
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
@@ -113,7 +115,8 @@ def _train(trainer):
     ckpt = last_checkpoint(trainer.args.output_dir)
     if ckpt is not None and is_main_process():
         log.info("resumed from step %d (%s): the steps before it are not redone", _step(ckpt), ckpt)
-    return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    with _labelled_positions_only():
+        return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
 
 
 # --- shared by SFT and DPO ----------------------------------------------------------------------------------------
@@ -225,10 +228,33 @@ def _section(cfg: TrainConfig) -> str:
 
 
 def _precision(choice: str) -> dict:
-    """TrainingArguments' bf16/fp16 for `precision` (srlm.modeling.resolve_precision): the weights stay fp32
-    and the forward/backward run in the low precision (mixed precision, torch.autocast on a CPU)."""
+    """TrainingArguments' bf16/fp16 for `precision` (srlm.modeling.resolve_precision): the trained weights stay
+    fp32 and the forward/backward run in the low precision (mixed precision, torch.autocast on a CPU)."""
     choice = resolve_precision(choice)
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def _base_dtype(cfg: TrainConfig) -> str:
+    """The dtype the start model is loaded in for training. LoRA in bf16 holds the frozen base weights in bf16
+    (the adapter stays fp32, for the optimizer): autocast would otherwise cast every fp32 weight to bf16 at every
+    step, for the same bf16 products. Full fine-tuning keeps fp32 master weights. The trained adapter is merged
+    into the fp32 base (_save), so a small update is not rounded away."""
+    return "bfloat16" if cfg.lora.enabled and resolve_precision(cfg.precision) == "bf16" else "float32"
+
+
+@contextlib.contextmanager
+def _labelled_positions_only():
+    """While training, have TRL's fused LM head (trl.trainer.utils.add_fused_lm_head, SFT and DPO) project only the
+    positions that have a label, as it does on Triton devices. Elsewhere it projects every position, to keep tile
+    shapes fixed for compilers (Neuron); on a CPU that is the 49k-word projection of every prompt token too (most
+    of a judge example), about a third of a training step. The loss and its gradient are the same.
+    tests/test_precision.py fails if a TRL upgrade moves the switch."""
+    before = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = before
 
 
 def _schedule(cfg: TrainConfig) -> dict:
@@ -269,24 +295,27 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
 def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, trust_remote_code: bool) -> None:
     """Write the trained model atomically (main process only), then drop the checkpoint folder."""
     acc = trainer.accelerator
-    if acc.num_processes == 1:
-        model = trainer.model
-        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter into the weights
-            model = model.merge_and_unload()
-    else:
-        # Every process takes part: FSDP and ZeRO-3 gather the full weights from their shards here.
-        state = acc.get_state_dict(trainer.model_wrapped)
-        if not acc.is_main_process:
-            return
-        # Rebuild a plain copy of the trained model on rank 0 from the gathered weights, merging LoRA as above.
-        model = load_model(model_dir, trust_remote_code=trust_remote_code)[0]
-        if cfg.lora.enabled:
-            from peft import get_peft_model
+    # Every process takes part: FSDP and ZeRO-3 gather the full weights from their shards here.
+    state = acc.get_state_dict(trainer.model_wrapped)
+    if not acc.is_main_process:
+        return
+    if cfg.lora.enabled:
+        # Fold the trained adapter into the fp32 base weights, not into the bf16 copies it trained against
+        # (_base_dtype): a DPO step's update is often below bf16's resolution of a weight.
+        from peft import get_peft_model
 
-            model = get_peft_model(model, _peft_config(cfg))
+        trained = getattr(acc.unwrap_model(trainer.model), "peft_config", {}).get("default") or _peft_config(cfg)
+        model = get_peft_model(load_model(model_dir, trust_remote_code=trust_remote_code)[0], trained)
+        adapter = {k: v for k, v in state.items() if "lora_" in k or ".modules_to_save." in k}
+        missing, unexpected = model.load_state_dict(adapter, strict=False)
+        if unexpected or not adapter or any("lora_" in k for k in missing):
+            raise RuntimeError(f"the trained adapter does not fit the base model: unexpected {unexpected[:3]}")
+        model = model.merge_and_unload()
+    elif acc.num_processes == 1:
+        model = trainer.model
+    else:  # rebuild a plain copy of the trained model on rank 0 from the gathered weights
+        model = load_model(model_dir, trust_remote_code=trust_remote_code)[0]
         model.load_state_dict(state)
-        if cfg.lora.enabled:
-            model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -336,7 +365,7 @@ def train_sft(
 
     if not examples:
         raise ValueError("no SFT examples to train on")
-    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    model, tok = load_model(model_dir, dtype=_base_dtype(cfg), trust_remote_code=trust_remote_code)
     examples, fit = fit_to_max_length(examples, tok, model.config, cfg.max_length, _section(cfg))
     # Judge examples are ~4x longer than IFT ones: batching by length avoids padding IFT to them.
     args = SFTConfig(
@@ -398,7 +427,7 @@ def train_dpo(
         bad = [c for c in cs if not 0.0 <= c <= 1.0]  # also catches NaN
         if bad:
             raise ValueError(f"consistency values must lie in [0, 1]; got e.g. {bad[:3]}")
-    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    model, tok = load_model(model_dir, dtype=_base_dtype(cfg), trust_remote_code=trust_remote_code)
     examples, fit = fit_to_max_length(examples, tok, model.config, cfg.max_length, _section(cfg))
     if consistency != "none":  # the mean over the pairs that are trained on
         extra["consistency_mean"] = sum(e["consistency"] for e in examples) / len(examples)
@@ -407,7 +436,9 @@ def train_dpo(
     args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta, loss_type=["sigmoid"])
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
     # i.e. M_t itself: no second copy of the weights.
-    ref = None if cfg.lora.enabled else load_model(model_dir, trust_remote_code=trust_remote_code)[0]
+    # A separate reference is frozen: held in the low precision when training runs in it.
+    ref_dtype = "bfloat16" if resolve_precision(cfg.precision) == "bf16" else "float32"
+    ref = None if cfg.lora.enabled else load_model(model_dir, dtype=ref_dtype, trust_remote_code=trust_remote_code)[0]
     trainer_cls = DPOTrainer if consistency == "none" else cream.CreamDPOTrainer
     trainer = trainer_cls(
         model=model,

@@ -1,0 +1,89 @@
+"""The sample and judge stages' generation before and after the growing KV cache, fp32 and bf16, side by side
+in one run, on the same prompts and seeds.
+
+    python bench/decode.py [--model models/m0] [--prompts 16] [--repeats 2]
+
+Rows: fp32 and bf16, each with transformers' concatenating DynamicCache (before) and with
+srlm.generation.GrowingLayer (now), both through TransformersGenerator with its prefix sharing and
+NucleusSampler. Cases: sample (16 IFT prompts, N=4, 80 new tokens, T=0.7, top_p=0.9: the default
+`sample` stage) and judge (16 judge prompts, k=3, 48 new tokens: the default `judge` stage). Prints new
+tokens/s (the faster of --repeats interleaved rounds), the speed-up over fp32 before, and whether the
+growing cache drew exactly the same tokens as the concatenating one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from unittest import mock
+
+import torch
+from common import model_or_default
+from transformers import DynamicCache
+
+from srlm import generation
+from srlm.generation import TransformersGenerator, register_fast_attention
+from srlm.modeling import load_model, set_threads
+from srlm.prompts import judge_prompt
+from srlm.sampling import SamplingParams, chat_prompt
+from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
+
+SETTINGS = {
+    "fp32, before": ("float32", True),
+    "fp32, now": ("float32", False),
+    "bf16, before": ("bfloat16", True),
+    "bf16, now": ("bfloat16", False),
+}  # name -> (dtype, concatenate)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/m0")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    set_threads()
+    model_dir = model_or_default(args.model)
+    attn = register_fast_attention()
+    models = {dtype: load_model(model_dir, dtype=dtype, attn_implementation=attn) for dtype in ("float32", "bfloat16")}
+    tok = models["float32"][1]
+    ift = load_ift(BUILTIN_DIR / "ift.jsonl")[: args.prompts]
+    ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")[: args.prompts]
+    cases = {
+        "sample": (
+            [chat_prompt(tok, r["instruction"]) for r in ift],
+            SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=80, seed=1),
+        ),
+        "judge": (
+            [chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"])) for s in ranked],
+            SamplingParams(n=3, temperature=0.7, top_p=0.9, max_new_tokens=48, seed=2),
+        ),
+    }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {model_dir}, {args.prompts} prompts")
+    best, texts = {}, {}
+    for _ in range(args.repeats):
+        for name, (dtype, concatenate) in SETTINGS.items():
+            model, _ = models[dtype]
+            gen = TransformersGenerator(model, tok, batch_size=64, progress=False)
+            stock = mock.patch.object(generation, "_new_cache", lambda m, room=0: DynamicCache(config=m.config))
+            with stock if concatenate else contextlib.nullcontext():
+                for case, (prompts, sp) in cases.items():
+                    t = time.perf_counter()
+                    out = gen.generate(prompts, sp)
+                    rate = sum(c.num_tokens for cs in out for c in cs) / (time.perf_counter() - t)
+                    best[name, case] = max(rate, best.get((name, case), 0.0))
+                    texts[name, case] = [c.text for cs in out for c in cs]
+    base = {case: best["fp32, before", case] for case in cases}
+    print(f"\n| setting | {' | '.join(f'{c} tok/s | {c} speed-up' for c in cases)} |")
+    print("|---" * (1 + 2 * len(cases)) + "|")
+    for name in SETTINGS:
+        cells = [f"{best[name, c]:.0f} | {best[name, c] / base[c]:.2f}x" for c in cases]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for dtype in ("fp32", "bf16"):
+        same = all(texts[f"{dtype}, before", c] == texts[f"{dtype}, now", c] for c in cases)
+        print(f"{dtype}: the growing cache drew {'the same' if same else 'DIFFERENT'} tokens as the concatenating one")
+
+
+if __name__ == "__main__":
+    main()

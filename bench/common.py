@@ -41,7 +41,13 @@ def train(
     after the first (`step_s`)."""
     lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=dropout)
     common = dict(
-        batch_size=batch_size, grad_accum=1, max_length=seq, learning_rate=2e-4, precision=precision, save_steps=0
+        epochs=1,
+        batch_size=batch_size,
+        grad_accum=1,
+        max_length=seq,
+        learning_rate=2e-4,
+        precision=precision,
+        save_steps=0,
     )
     times = []
 

@@ -18,8 +18,9 @@ OUTCOMES = ("win", "tie", "loss")
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 
-def _missing(score) -> bool:
-    return score is None or (isinstance(score, float) and math.isnan(score))
+def missing(*values) -> bool:
+    """Whether any value is absent: None, or NaN (what a metric without data is)."""
+    return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
 
 
 def _round_half_up(score: float) -> int:
@@ -37,7 +38,7 @@ def ratio(num: float, den: float) -> float:
 def _set_correlations(ranks: list[int], scores: list) -> tuple[float, float]:
     """Spearman and Kendall tau-b between the scores and the negative human ranks, over the scored
     responses; NaN when fewer than 2 are scored or either side is constant."""
-    kept = [(float(s), -r) for r, s in zip(ranks, scores) if not _missing(s)]
+    kept = [(float(s), -r) for r, s in zip(ranks, scores) if not missing(s)]
     if len(kept) < 2:
         return NAN, NAN
     x, y = zip(*kept)
@@ -69,7 +70,7 @@ def _pooled_correlations(sets: list[tuple[list[int], list]]) -> tuple[float, flo
     conc = disc = n0 = tie_x = tie_y = 0
     rx, ry = [], []
     for ranks, scores in sets:
-        kept = [(float(x), -r) for r, x in zip(ranks, scores) if not _missing(x)]
+        kept = [(float(x), -r) for r, x in zip(ranks, scores) if not missing(x)]
         if len(kept) < 2:
             continue
         for (x1, y1), (x2, y2) in combinations(kept, 2):
@@ -191,16 +192,16 @@ def reward_model_metrics(sets: list[dict], readout: str = "sampled", per_set: bo
         if len(ranks) != len(scores):
             raise ValueError(f"set {s.get('id')!r}: {len(ranks)} ranks but {len(scores)} scores")
         n_resp += len(ranks)
-        n_scored += sum(not _missing(x) for x in scores)
+        n_scored += sum(not missing(x) for x in scores)
         best = min(ranks) if ranks else None
         for r, x in zip(ranks, scores):
-            if is_top_score(None if _missing(x) else x, readout):
+            if is_top_score(None if missing(x) else x, readout):
                 top_count += 1
                 top_best += r == best
-        matches = not any(_missing(x) for x in scores)
+        matches = not any(missing(x) for x in scores)
         for i, j in combinations(range(len(ranks)), 2):
             human = _sign(ranks[j] - ranks[i])  # +1: i is better
-            present = not (_missing(scores[i]) or _missing(scores[j]))
+            present = not (missing(scores[i]) or missing(scores[j]))
             judge = _sign(scores[i] - scores[j]) if present else None
             matches = matches and judge == human
             if human == 0:
@@ -239,7 +240,7 @@ def score_histogram(scores: list[float | None]) -> dict:
     hist = {f"score_{k}": 0 for k in range(6)}
     unscored = 0
     for s in scores:
-        if _missing(s):
+        if missing(s):
             unscored += 1
             continue
         k = _round_half_up(s)
@@ -256,7 +257,7 @@ def score_spread(scores: list[float | None], groups: list[str]) -> dict:
     score for everything; log2 6 = 2.58: all six equally often)."""
     by_group: dict[str, list[float]] = {}
     for s, g in zip(scores, groups):
-        if not _missing(s):
+        if not missing(s):
             by_group.setdefault(g, []).append(s)
     pairs = [(a, b) for v in by_group.values() for a, b in combinations(v, 2)]
     multi = [v for v in by_group.values() if len(v) >= 2]
@@ -276,7 +277,7 @@ def length_bias(scores: list[float | None], lengths: list[int], groups: list[str
     pairs of items within a group."""
     if len(scores) != len(lengths):
         raise ValueError(f"{len(scores)} scores but {len(lengths)} lengths")
-    kept = [(float(s), n) for s, n in zip(scores, lengths) if not _missing(s)]
+    kept = [(float(s), n) for s, n in zip(scores, lengths) if not missing(s)]
     rho = NAN
     if len(kept) >= 3:
         x, y = zip(*kept)
@@ -352,7 +353,7 @@ def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> f
         (a[0], b[0], a[1], b[1])
         for g in groups
         for a, b in combinations(g, 2)
-        if not _missing(a[0]) and not _missing(b[0])
+        if not missing(a[0]) and not missing(b[0])
     ]
     return longer_wins_rate(pairs)
 

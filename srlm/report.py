@@ -15,7 +15,14 @@ from pathlib import Path
 from . import artifacts
 from .config import derive_seed, judge_conflict, parse_params
 from .io import DataError, atomic_write_text
-from .metrics import FOLLOW_INTERVALS, follow_metrics, items_for_five_points, paired_difference, reward_model_metrics
+from .metrics import (
+    FOLLOW_INTERVALS,
+    follow_metrics,
+    items_for_five_points,
+    missing,
+    paired_difference,
+    reward_model_metrics,
+)
 from .tracking import write_metrics
 
 
@@ -154,13 +161,9 @@ def _f(v, pct: bool = False, digits: int = 3) -> str:
     return f"{v + 0.0:.{digits}f}".replace("-0.000", "0.000") if isinstance(v, float) else str(v)
 
 
-def _missing(*values) -> bool:
-    return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
-
-
 def _interval(low, high, signed: bool = False, pct: bool = True) -> str:
     """A 95 % interval of a rate (or, signed, of a difference), in percent (points), or as is with 3 decimals."""
-    if _missing(low, high):
+    if missing(low, high):
         return "–"
     fmt = ("{:+.1f}" if signed else "{:.1f}") if pct else "{:+.3f}"
     scale = 100 if pct else 1
@@ -168,7 +171,7 @@ def _interval(low, high, signed: bool = False, pct: bool = True) -> str:
 
 
 def _signed(v, pct: bool = True) -> str:
-    return "–" if _missing(v) else (f"{100 * v:+.1f}" if pct else f"{v:+.3f}")
+    return "–" if missing(v) else (f"{100 * v:+.1f}" if pct else f"{v:+.3f}")
 
 
 def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
@@ -177,7 +180,7 @@ def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     for r in rows:
         for k, label in cols:
             lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
-            if _missing(lo, hi) or not lo <= 0 <= hi:
+            if missing(lo, hi) or not lo <= 0 <= hi:
                 continue
             undecided.append(f"{r['comparison']} ({label})")
             if k == "reference_logprob_diff":
@@ -207,7 +210,7 @@ def _sizing(intervals: list[tuple[float, float, int]], unit: str) -> str:
 def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int]]) -> str:
     """The sentence that says which rates the data cannot tell from chance (50 %), and how many items a 95 %
     interval of ±5 points would take."""
-    undecided = [(name, lo, hi, n) for name, lo, hi, n in rows if n and not _missing(lo, hi) and lo <= 0.5 <= hi]
+    undecided = [(name, lo, hi, n) for name, lo, hi, n in rows if n and not missing(lo, hi) and lo <= 0.5 <= hi]
     if not undecided:
         return f"Every {what} above is away from chance (50 %) by its 95 % interval."
     names = ", ".join(name for name, *_ in undecided)
@@ -708,8 +711,8 @@ def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:
 
     def errors(rows, key, lo, hi):  # matplotlib's asymmetric error bars from interval bounds (NaN: none)
         centre = [r[key] if r[key] is not None else math.nan for r in rows]
-        low = [c - r[lo] if not _missing(c, r[lo]) else 0.0 for c, r in zip(centre, rows)]
-        high = [r[hi] - c if not _missing(c, r[hi]) else 0.0 for c, r in zip(centre, rows)]
+        low = [c - r[lo] if not missing(c, r[lo]) else 0.0 for c, r in zip(centre, rows)]
+        high = [r[hi] - c if not missing(c, r[hi]) else 0.0 for c, r in zip(centre, rows)]
         return centre, [low, high]
 
     if t["head_to_head"]:
@@ -895,7 +898,7 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
 
     def put(label, name, value, pct: bool = False, digits: int = 3):
         rows.setdefault(label, {})[name] = _f(value, pct, digits) if not isinstance(value, str) else value
-        if isinstance(value, (int, float)) and not _missing(value):
+        if isinstance(value, (int, float)) and not missing(value):
             values.setdefault(label, {})[name] = float(value)
             formats[label] = (pct, digits)
 

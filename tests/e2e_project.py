@@ -30,7 +30,7 @@ TINY_PARAMS = {
     "gen_prompts": {"num_prompts": 3, "shots": 3, "max_new_tokens": 16, "min_words": 1},
     "sample": {"max_new_tokens": 12},
     "judge": {"max_new_tokens": 12},
-    "dpo": {"batch_size": 2, "grad_accum": 1, "max_length": 1024, "learning_rate": 1e-5},
+    "dpo": {"epochs": 1, "batch_size": 2, "grad_accum": 1, "max_length": 1024, "learning_rate": 1e-5},
     # fp32: the tiny random model's digit logits hardly depend on the judgment, and bf16 rounds them to one
     # value, so its expected scores all tie and `pairs` drops every prompt (bf16 is covered elsewhere)
     "generation": {"batch_size": 16, "dtype": "float32"},

@@ -212,6 +212,7 @@ def test_batch_loss_is_the_mean_of_per_pair_losses(model_dir, tmp_path):
 
 def _cfg():
     return DpoConfig(
+        epochs=1,
         batch_size=2,
         grad_accum=1,
         max_length=64,

@@ -149,6 +149,7 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
         {
             "method": "cream",
             "dpo": {
+                "epochs": 1,
                 "batch_size": 2,
                 "grad_accum": 1,
                 "max_length": 64,
@@ -173,7 +174,7 @@ def test_cream_dpo_under_fsdp2_equals_one_process_with_the_double_batch(model_di
     generates(d / "models/m2")
 
     cfg = DpoConfig(
-        batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False), **FP32
+        epochs=1, batch_size=4, grad_accum=1, max_length=64, learning_rate=1e-3, lora=LoraConfig(enabled=False), **FP32
     )
     one = train_dpo(
         model_dir,

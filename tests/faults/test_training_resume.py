@@ -92,6 +92,7 @@ def dpo_project(tmp_path_factory, model):
             "method": "cream",
             "cream": {"loss": "dynamic"},
             "dpo": {
+                "epochs": 1,
                 "batch_size": 1,
                 "grad_accum": 1,
                 "max_length": 96,

@@ -51,5 +51,6 @@ lock: setup
 bench: setup
 	$(PY) bench/generation.py
 
+# MLFLOW_DISABLE_TELEMETRY: the project runs offline and sends MLflow no usage data.
 mlflow-ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -11,6 +11,8 @@ from transformers import TrainerCallback
 from srlm import training
 from srlm.config import DpoConfig, LoraConfig, SftConfig, derive_seed
 from srlm.modeling import prepare_base_model
+from srlm.prompts import judge_prompt
+from srlm.seed import BUILTIN_DIR, load_gold, load_ift, load_ranked
 
 
 def model_or_default(path: str) -> Path:
@@ -22,6 +24,34 @@ def model_or_default(path: str) -> Path:
         print(f"{path} not found: preparing the embedded default in {model_dir}")
         prepare_base_model("smollm2-135m-instruct", model_dir)
     return model_dir
+
+
+def builtin_examples(n_ift: int, n_eft: int, n_pairs: int) -> tuple[list[dict], list[dict]]:
+    """Training examples from the built-in seed data: SFT as M1's (IFT examples, then EFT judge examples:
+    the long rubric prompt -> a gold judgment) and DPO pairs (best vs worst of a ranked set)."""
+    ift = load_ift(BUILTIN_DIR / "ift.jsonl")
+    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")
+    ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")
+    sft = training.sft_examples(
+        [(r["instruction"], r["response"]) for r in ift[:n_ift]]
+        + [(judge_prompt(g["instruction"], g["response"]), g["judgment"]) for g in gold[:n_eft]]
+    )
+    dpo = training.dpo_examples(
+        [
+            {"prompt": s["instruction"], "chosen": s["responses"][0]["text"], "rejected": s["responses"][-1]["text"]}
+            for s in ranked[:n_pairs]
+        ]
+    )
+    return sft, dpo
+
+
+def n_tokens(tok, rows: list[dict], seq: int) -> int:
+    """Tokens the examples train on, each sequence cut at `seq` (both sequences of a DPO pair)."""
+    return sum(
+        min(seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
+        for r in rows
+        for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
+    )
 
 
 def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:

@@ -20,15 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import matmul_gflops, model_or_default, train
+from common import builtin_examples, matmul_gflops, model_or_default, n_tokens, train
 
 from srlm.generation import TransformersGenerator, register_fast_attention
 from srlm.modeling import fast_bf16, load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.scores import _before_score, expected_score, score_tokens
-from srlm.seed import BUILTIN_DIR, load_gold, load_ift, load_ranked
-from srlm.training import dpo_examples, sft_examples
+from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -49,31 +48,12 @@ def main():
     )
 
     os.environ["SRLM_TRACKING"] = "off"
-    ift = load_ift(BUILTIN_DIR / "ift.jsonl")
-    ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")
-    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")
-    # SFT as M1's: IFT examples and EFT judge examples (the long rubric prompt -> a judgment)
-    sft = sft_examples(
-        [(r["instruction"], r["response"]) for r in ift[:12]]
-        + [(judge_prompt(g["instruction"], g["response"]), g["judgment"]) for g in gold[:4]]
-    )
-    dpo = dpo_examples(
-        [
-            {"prompt": s["instruction"], "chosen": s["responses"][0]["text"], "rejected": s["responses"][-1]["text"]}
-            for s in ranked[:12]
-        ]
-    )
+    sft, dpo = builtin_examples(n_ift=12, n_eft=4, n_pairs=12)
+    ift, ranked = load_ift(BUILTIN_DIR / "ift.jsonl"), load_ranked(BUILTIN_DIR / "ranked.jsonl")
     judge_items = [(s["instruction"], s["responses"][0]["text"]) for s in ranked[: args.prompts // 2]]
     model, tok = load_model(model_dir)  # once, for the parameter count and the tokenizer
     n_params = sum(p.numel() for p in model.parameters())
     del model
-
-    def n_tokens(rows):
-        return sum(
-            min(args.seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
-            for r in rows
-            for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
-        )
 
     rows, outs = {}, {}
     attn = register_fast_attention()
@@ -82,7 +62,7 @@ def main():
         with tempfile.TemporaryDirectory() as work:
             s_ = train("sft", model_dir, sft, name, args.seq, Path(work) / "sft")
             d_ = train("dpo", model_dir, dpo, name, args.seq, Path(work) / "dpo")
-        sft_tok, dpo_tok = n_tokens(sft) / s_["steps"], n_tokens(dpo) / d_["steps"]
+        sft_tok, dpo_tok = n_tokens(tok, sft, args.seq) / s_["steps"], n_tokens(tok, dpo, args.seq) / d_["steps"]
         r |= {
             "SFT step s": s_["step_s"],
             "SFT tok/s": sft_tok / s_["step_s"],

@@ -1,30 +1,45 @@
-"""Wall time per stage of the latest run of each stage, read back from MLflow.
+"""Wall time per stage of a pipeline run (the latest by default), read back from MLflow. Stages DVC
+reused from its cache are left out: they cost that run nothing.
 
-python bench/stage_times.py [--tracking-uri sqlite:///mlflow.db]
+python bench/stage_times.py [--tracking-uri sqlite:///mlflow.db] [--run NAME]
 """
 
 import argparse
 import os
 
-import mlflow
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     ap.add_argument("--experiment", default=os.environ.get("SRLM_MLFLOW_EXPERIMENT", "self-rewarding"))
+    ap.add_argument("--run", help="the pipeline run's name (a DVC experiment, or repro-<commit>); default: latest")
     args = ap.parse_args()
     mlflow.set_tracking_uri(args.tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[args.experiment], order_by=["start_time ASC"])
-    latest = {}
-    for _, r in runs.iterrows():
-        if r["status"] == "FINISHED" and "metrics.wall_time_s" in r:
-            latest[r["tags.mlflow.runName"]] = r["metrics.wall_time_s"]
+    kind = "tags.`srlm.kind` = 'pipeline'"
+    where = kind + (f" AND attributes.run_name = '{args.run}'" if args.run else "")
+    parents = mlflow.search_runs(
+        experiment_names=[args.experiment], filter_string=where, order_by=["start_time DESC"], max_results=1
+    )
+    if parents.empty:
+        raise SystemExit(f"no pipeline run{' named ' + args.run if args.run else ''} in {args.tracking_uri}")
+    parent = parents.iloc[0]
+    runs = mlflow.search_runs(
+        experiment_names=[args.experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
+        order_by=["start_time ASC"],
+    )
     total = 0.0
+    print(f"pipeline run {parent['tags.mlflow.runName']} ({parent['run_id']})\n")
     print("| stage | wall time |\n|---|---|")
-    for name, secs in latest.items():
+    for _, r in runs.iterrows():
+        if r.get("tags.srlm.cached") == "true" or r["status"] != "FINISHED":
+            continue
+        secs = r["metrics.wall_time_s"]
         total += secs
-        print(f"| `{name}` | {secs / 60:.1f} min ({secs:.0f} s) |")
+        print(f"| `{r['tags.mlflow.runName']}` | {secs / 60:.1f} min ({secs:.0f} s) |")
     print(f"| **total (stage bodies, without process start-up)** | **{total / 60:.1f} min** |")
 
 

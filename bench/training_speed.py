@@ -30,13 +30,11 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from common import matmul_gflops, model_or_default, train
+from common import builtin_examples, matmul_gflops, model_or_default, n_tokens, train
 
 from srlm import training
 from srlm.generation import register_fast_attention
 from srlm.modeling import load_model, set_threads
-from srlm.prompts import judge_prompt
-from srlm.seed import BUILTIN_DIR, load_gold, load_ift, load_ranked
 
 SETTINGS = {  # name -> (precision, LoRA dropout, changes undone, attention)
     "before, fp32": ("fp32", 0.05, True, None),
@@ -77,32 +75,13 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, model {model_dir}"
     )
-    ift = load_ift(BUILTIN_DIR / "ift.jsonl")
-    gold = load_gold(BUILTIN_DIR / "gold_judgments.jsonl")
-    ranked = load_ranked(BUILTIN_DIR / "ranked.jsonl")
     n_ift = args.sft * 2 // 5
-    sft = training.sft_examples(
-        [(r["instruction"], r["response"]) for r in ift[:n_ift]]
-        + [(judge_prompt(g["instruction"], g["response"]), g["judgment"]) for g in gold[: args.sft - n_ift]]
-    )
-    dpo = training.dpo_examples(
-        [
-            {"prompt": s["instruction"], "chosen": s["responses"][0]["text"], "rejected": s["responses"][-1]["text"]}
-            for s in ranked[: args.dpo]
-        ]
-    )
+    sft, dpo = builtin_examples(n_ift=n_ift, n_eft=args.sft - n_ift, n_pairs=args.dpo)
     model, tok = load_model(model_dir)
     n_params = sum(p.numel() for p in model.parameters())
     del model
 
-    def n_tokens(rows, seq):
-        return sum(
-            min(seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
-            for r in rows
-            for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
-        )
-
-    tokens = {"sft": n_tokens(sft, 640), "dpo": n_tokens(dpo, 512)}
+    tokens = {"sft": n_tokens(tok, sft, 640), "dpo": n_tokens(tok, dpo, 512)}
     peak = matmul_gflops(torch.bfloat16)
     print(
         f"bf16 matmul {peak:.0f} GFLOP/s; SFT {len(sft)} examples, {tokens['sft']} tokens; "

@@ -295,8 +295,10 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int) -> dict:
 def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, trust_remote_code: bool) -> None:
     """Write the trained model atomically (main process only), then drop the checkpoint folder."""
     acc = trainer.accelerator
-    # Every process takes part: FSDP and ZeRO-3 gather the full weights from their shards here.
-    state = acc.get_state_dict(trainer.model_wrapped)
+    # Every process takes part: FSDP and ZeRO-3 gather the full weights from their shards here. A single
+    # process fully fine-tuned saves its model as it is.
+    gather = cfg.lora.enabled or acc.num_processes > 1
+    state = acc.get_state_dict(trainer.model_wrapped) if gather else None
     if not acc.is_main_process:
         return
     if cfg.lora.enabled:

@@ -1,9 +1,11 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the tests, like the project, send MLflow nothing
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ BASE = [
     "srlm.verifiable",
     "srlm.progress",
     "srlm.tracking",
+    "srlm.registry",
 ]
 ENGINE = ["srlm.modeling", "srlm.generation", "srlm.training", "srlm.cream", "srlm.launch"]
 GLUE = ["srlm.judging", "srlm.evaluation", "srlm.resume", "srlm.stage", "srlm.report"]

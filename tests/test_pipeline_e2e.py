@@ -83,6 +83,40 @@ def test_repro_runs_every_stage_and_produces_m3(project):
     assert (d / "mlflow.db").is_file()
 
 
+def test_the_repro_is_one_mlflow_parent_run_with_its_models_registered(project):
+    """The tracking a user opens after `dvc repro`: one parent run holding every stage run, the headline
+    metrics, and each model as a version of the pipeline's registered model (tests/test_tracking.py has the
+    cached-stage and experiment cases on a toy pipeline)."""
+    import mlflow
+
+    d, _ = project
+    client = mlflow.MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("self-rewarding")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    [parent] = client.search_runs([exp.experiment_id], "tags.`srlm.kind` = 'pipeline'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000
+    )
+    assert sorted(c.data.tags["dvc_stage"] for c in children) == sorted(ALL_STAGES)
+    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    readout = yaml.safe_load((d / "params.yaml").read_text())["judge"]["scoring"]
+    m3 = json.loads((d / artifacts.eval_metrics("m3", "judge")).read_text())
+    assert parent.data.metrics["m3.pairwise_accuracy"] == pytest.approx(m3[f"{readout}_pairwise_accuracy"])
+    assert parent.data.params["judge.scoring"] == readout
+    name = parent.data.tags["srlm.registered_model"]
+    versions = {v.tags["model"]: v for v in client.search_model_versions(f"name = '{name}'")}
+    assert set(versions) == {"m0", "sft_baseline", "m1", "m2", "m3"}
+    assert (versions["m3"].tags["parent"], versions["m1"].tags["parent"]) == ("m2", "m0")
+    lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
+    assert versions["m3"].tags["weights_md5"] == next(
+        o["md5"] for o in lock["dpo@2"]["outs"] if o["path"] == "models/m3"
+    )
+    assert client.get_model_version_by_alias(name, "last-iteration").tags["model"] == "m3"
+    accuracy = {m: parent.data.metrics[f"{m}.pairwise_accuracy"] for m in MODELS}
+    best = client.get_model_version_by_alias(name, "best-judge").tags["model"]
+    assert accuracy[best] == max(accuracy.values())
+
+
 def test_report_is_built_from_the_stage_outputs(project):
     d, _ = project
     report = (d / "reports/report.md").read_text()

@@ -100,9 +100,15 @@ def test_queued_experiments_run_two_at_once_and_keep_their_mlflow_runs(tmp_path)
     assert status.count("Success") == 2, status
     with sqlite3.connect(d / "mlflow.db") as db:
         runs = db.execute(
-            "SELECT r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'dvc_exp'"
+            "SELECT r.run_uuid, r.status, t.value,"
+            " (SELECT value FROM tags p WHERE p.run_uuid = r.run_uuid AND p.key = 'mlflow.parentRunId')"
+            " FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'dvc_exp'"
         ).fetchall()
-    assert sorted(runs) == [("FINISHED", ""), ("FINISHED", "x2"), ("FINISHED", "x3")]
+    # per pipeline run (the repro and each experiment): a parent, and the stage's run nested under it
+    parents = {exp: uuid for uuid, _, exp, parent in runs if parent is None}
+    stages = sorted((status, exp, parent) for _, status, exp, parent in runs if parent is not None)
+    assert stages == [("FINISHED", exp, parents[exp]) for exp in ("", "x2", "x3")], runs
+    assert sorted(status for _, status, _, parent in runs if parent is None) == ["FINISHED"] * 3
     shown = dvc(["exp", "show", "--json"], d).stdout
     assert '"x2"' in shown and '"x3"' in shown
     assert not list((d / ".dvc/tmp/exps").glob("tmp*")), "an experiment's copy was left behind"

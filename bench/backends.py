@@ -69,12 +69,17 @@ def main():
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start-up)")
+    ap.add_argument(
+        "--fp32-reference",
+        action="store_true",
+        help="also time the transformers backend in float32 (the CPU default before bf16), the speed-ups' reference",
+    )
     args = ap.parse_args()
     set_threads()
     model_dir = model_or_default(args.model)
 
-    def start_transformers():
-        model, tok = load_model(model_dir, dtype=args.dtype, attn_implementation=register_fast_attention())
+    def start_transformers(dtype=args.dtype):
+        model, tok = load_model(model_dir, dtype=dtype, attn_implementation=register_fast_attention())
         return TransformersGenerator(model, tok, batch_size=args.batch_size, progress=False)
 
     def start_vllm():
@@ -89,7 +94,10 @@ def main():
             enforce_eager=args.enforce_eager,
         )
 
-    results = {"transformers": measure("transformers", start_transformers, args)}
+    results = {}
+    if args.fp32_reference and args.dtype != "float32":
+        results["transformers fp32"] = measure("transformers fp32", lambda: start_transformers("float32"), args)
+    results["transformers"] = measure("transformers", start_transformers, args)
     try:
         import vllm
 
@@ -104,13 +112,18 @@ def main():
         f"{args.prompts} prompts, max {args.max_new_tokens} new tokens, T=0.7 top_p=0.9"
     )
     cases = list(next(iter(results.values()))["tok/s"])
-    print(f"{'backend':<16}{'start-up s':>11}" + "".join(f"{c + ' tok/s':>20}" for c in cases))
+    print(f"{'backend':<20}{'start-up s':>11}" + "".join(f"{c + ' tok/s':>20}" for c in cases))
     for name, r in results.items():
-        print(f"{name:<16}{r['startup']:>11.1f}" + "".join(f"{r['tok/s'][c]:>20.1f}" for c in cases))
-    if len(results) == 2:
-        a, b = (r["greedy"] for r in results.values())
+        print(f"{name:<20}{r['startup']:>11.1f}" + "".join(f"{r['tok/s'][c]:>20.1f}" for c in cases))
+    for name, r in results.items():
+        if name != "transformers":
+            ratios = ", ".join(f"{c} {results['transformers']['tok/s'][c] / r['tok/s'][c]:.2f}x" for c in cases)
+            print(f"transformers ({args.dtype}) against {name}: {ratios}")
+    others = [n for n in results if n.startswith("vllm")]
+    if others:
+        a, b = results["transformers"]["greedy"], results[others[0]]["greedy"]
         same = sum(x == y for x, y in zip(a, b))
-        print(f"greedy completions identical between the backends: {same}/{len(a)}")
+        print(f"greedy completions identical between transformers and vLLM ({args.dtype}): {same}/{len(a)}")
 
 
 if __name__ == "__main__":

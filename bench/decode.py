@@ -1,11 +1,10 @@
-"""The sample and judge stages' generation with transformers' concatenating KV cache and with a candidate
-cache that appends in place (GrowingLayer, below; not in srlm yet), fp32 and bf16, side by side in one run, on
-the same prompts and seeds.
+"""The sample and judge stages' generation before and after the growing KV cache, fp32 and bf16, side by side
+in one run, on the same prompts and seeds.
 
     python bench/decode.py [--model models/m0] [--prompts 16] [--repeats 2]
 
 Rows: fp32 and bf16, each with transformers' concatenating DynamicCache (before) and with
-GrowingLayer (now), both through TransformersGenerator with its prefix sharing and
+srlm.generation.GrowingLayer (now), both through TransformersGenerator with its prefix sharing and
 NucleusSampler. Cases: sample (16 IFT prompts, N=4, 80 new tokens, T=0.7, top_p=0.9: the default
 `sample` stage) and judge (16 judge prompts, k=3, 48 new tokens: the default `judge` stage). Prints new
 tokens/s (the faster of --repeats interleaved rounds), the speed-up over fp32 before, and whether the
@@ -22,7 +21,6 @@ from unittest import mock
 import torch
 from common import model_or_default
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from srlm import generation
 from srlm.generation import TransformersGenerator, register_fast_attention
@@ -30,49 +28,6 @@ from srlm.modeling import load_model, set_threads
 from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
-
-
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer that appends into room set aside beforehand instead of concatenating: DynamicLayer's
-    torch.cat copies the whole cache at every decode step, about an eighth of a CPU decode step at 64 rows.
-    `room` is how many tokens beyond the current need to allocate whenever it grows; the keys and values it
-    returns are views of that storage (SDPA reads them in place). Operations that replace the tensors
-    (batch_repeat_interleave, crop, ...) simply make the next update allocate afresh."""
-
-    def __init__(self, room: int = 128, **kwargs):
-        super().__init__(**kwargs)
-        self.room = room
-        self._storage = None
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, new = self.get_seq_length(), key_states.shape[-2]
-        k = None if self._storage is None else self._storage[0]
-        fits = (
-            k is not None
-            and n > 0
-            and self.keys.data_ptr() == k.data_ptr()
-            and k.shape[:-2] == key_states.shape[:-2]
-            and k.shape[-2] >= n + new
-        )
-        if not fits:
-            shape = (*key_states.shape[:-2], n + new + self.room, key_states.shape[-1])
-            k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-            if n:
-                k[..., :n, :], v[..., :n, :] = self.keys, self.values
-            self._storage = (k, v)
-        k, v = self._storage
-        k[..., n : n + new, :], v[..., n : n + new, :] = key_states, value_states
-        self.keys, self.values = k[..., : n + new, :], v[..., : n + new, :]
-        return self.keys, self.values
-
-
-def growing_cache(model):
-    cache = DynamicCache(config=model.config)
-    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
-
 
 SETTINGS = {
     "fp32, before": ("float32", True),
@@ -111,9 +66,8 @@ def main():
         for name, (dtype, concatenate) in SETTINGS.items():
             model, _ = models[dtype]
             gen = TransformersGenerator(model, tok, batch_size=64, progress=False)
-            with (
-                contextlib.nullcontext() if concatenate else mock.patch.object(generation, "_new_cache", growing_cache)
-            ):
+            stock = mock.patch.object(generation, "_new_cache", lambda m, room=0: DynamicCache(config=m.config))
+            with stock if concatenate else contextlib.nullcontext():
                 for case, (prompts, sp) in cases.items():
                     t = time.perf_counter()
                     out = gen.generate(prompts, sp)

@@ -120,3 +120,36 @@ def test_the_nucleus_sampler_draws_from_transformers_top_p_distribution(temperat
     assert torch.allclose(got, expected, atol=1e-6)
     drawn = sampler(None, scores).argmax(-1)  # one token per row, inside its nucleus
     assert (expected.gather(-1, drawn[:, None]) > 0).all()
+
+
+def test_the_growing_cache_layer_holds_what_concatenation_would():
+    """GrowingLayer appends into room set aside (no copy of the whole cache per step) and returns the same keys
+    and values as DynamicLayer's concatenation, through a prefill, decode steps, a batch repeat and a crop."""
+    from transformers.cache_utils import DynamicLayer
+
+    from srlm.generation import GrowingLayer
+
+    torch.manual_seed(0)
+    grow, cat = GrowingLayer(room=3), DynamicLayer()
+    steps = [5, 1, 1, "repeat", 1, 1, 1, 1, "crop", 2]  # 4 decode steps after the repeat: more than the room
+    batch = 2
+    for step in steps:
+        if step == "repeat":
+            grow.batch_repeat_interleave(2), cat.batch_repeat_interleave(2)
+            batch *= 2
+            continue
+        if step == "crop":
+            grow.crop(-2), cat.crop(-2)
+            continue
+        k, v = torch.randn(batch, 3, step, 4), torch.randn(batch, 3, step, 4)
+        gk, gv = grow.update(k, v)
+        ck, cv = cat.update(k, v)
+        assert torch.equal(gk, ck) and torch.equal(gv, cv)
+        assert grow.get_seq_length() == cat.get_seq_length()
+    storage = grow._storage[0]
+    before = storage.data_ptr()
+    grow.room = 8
+    grow.update(torch.randn(batch, 3, 1, 4), torch.randn(batch, 3, 1, 4))  # re-allocates once, with room 8
+    after = grow._storage[0].data_ptr()
+    grow.update(torch.randn(batch, 3, 1, 4), torch.randn(batch, 3, 1, 4))
+    assert grow._storage[0].data_ptr() == after != before  # the next step wrote in place

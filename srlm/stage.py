@@ -18,6 +18,7 @@ from .io import DataError
 from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads
 from .progress import work_dir
 from .resume import ResumableGenerator
+from .tracking import pipeline_key
 
 EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError)
 AUDIT_ENV = "SRLM_AUDIT_FILES"  # tests only: see _audit_files
@@ -44,6 +45,7 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
     for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_threads()
+    pipeline_key()  # found now, so the processes a training stage relaunches under accelerate share it
     if os.environ.get(AUDIT_ENV):
         _audit_files(os.environ[AUDIT_ENV])
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporaries are removed on the way out.

@@ -107,10 +107,8 @@ def _cached_child(client, experiment_id: str, parent: str, stage: str, md5: str)
         [experiment_id], f"tags.`{LOCK_TAG}` = '{md5}'", max_results=100, order_by=["attributes.start_time DESC"]
     )
     source = next((r for r in found if r.data.tags.get("srlm.cached") != "true"), None)
-    note = (
-        f"DVC reused this stage's outputs from its cache: produced by run {source.info.run_id}"
-        if source
-        else ("DVC reused this stage's outputs from its cache; the run that produced them is not in this store")
+    note = "DVC reused this stage's outputs from its cache: " + (
+        f"produced by run {source.info.run_id}" if source else "the run that produced them is not in this store"
     )
     tags = {
         "mlflow.parentRunId": parent,

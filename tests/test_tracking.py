@@ -4,6 +4,7 @@ nested under it, cached stages shown and linked to the run that made them, and e
 with its lineage and aliases. No torch: these stages train nothing."""
 
 import html
+import os
 import re
 import shutil
 import socket
@@ -179,7 +180,7 @@ def mlflow_ui(project):
     cmd = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{project.d}/mlflow.db"]
     server = subprocess.Popen(
         cmd + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -240,9 +241,6 @@ print(is_telemetry_disabled())
 
 
 def test_telemetry_is_off_in_what_the_project_starts():
-    import os
-    import subprocess
-
     # a plain user's environment: not CI, not under pytest (MLflow turns telemetry off there by itself)
     drop = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "CI", "PYTEST_CURRENT_TEST", "PYTEST_VERSION")
     env = {k: v for k, v in os.environ.items() if k not in drop}

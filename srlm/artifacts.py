@@ -10,7 +10,7 @@ Layout:
     data/seed/verifiable_eval.jsonl      prompts with checkable instructions (evaluation only)
     data/reserved/<model>.jsonl          instructions M_<model>'s generated prompts must stay away from
     data/eft/train.jsonl                 build_eft's judge examples
-    data/it<t>/{prompts,candidates,judgments,judgments_prev,pairs}.jsonl, metrics/<stage>.json
+    data/it<t>/{prompts,candidates,judgments,judgments_prev,judge_pairs,pairs}.jsonl, metrics/<stage>.json
     data/eval/<model>/{responses.jsonl,alpaca_eval.json,ranked_judgments.jsonl,follow.jsonl},
                       metrics/{judge,answer,follow}.json
     data/eval/head_to_head/<a>_vs_<b>/{verdicts.jsonl,metrics.json}
@@ -121,6 +121,12 @@ def judgments(key: str) -> Artifact:
 def judgments_prev(key: str) -> Artifact:
     """CREAM: M_{t-1}'s scores of the same candidates (empty under method=srlm)."""
     return Artifact(iteration_dir(key) / "judgments_prev.jsonl", CANDIDATE)
+
+
+def judge_pairs(key: str) -> Artifact:
+    """Meta-Rewarding: (judge prompt, better judgment, worse judgment) pairs from the meta-judge (empty
+    unless method=meta in one of meta.judge_iterations)."""
+    return Artifact(iteration_dir(key) / "judge_pairs.jsonl", PAIR)
 
 
 def pairs(key: str) -> Artifact:

@@ -192,10 +192,18 @@ class PairsConfig:
     tie_break: Literal["none", "other_readout"] = "none"
     # A candidate cut off by sample.max_new_tokens is never `chosen` (nor a positive) unless true.
     truncated_chosen: bool = False
-    # Meta-Rewarding's length control: chosen = the shortest candidate scored within
-    # length_margin of the best (still above the rejected one).
-    length_control: bool = False
-    length_margin: float = non_negative(0.5)
+    # Meta-Rewarding's length control ρ (srlm.pairing.select_pairs): 0 = highest vs lowest score. One number,
+    # or one per iteration ([0, 0.32, 0.32, 0.4]; the last repeats), as the paper varies it.
+    length_rho: float | list = 0.0
+
+    def __post_init__(self):
+        values = self.length_rho if isinstance(self.length_rho, list) else [self.length_rho]
+        ok = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)
+        if not ok:
+            raise ConfigError(
+                f"params.yaml: pairs.length_rho = {self.length_rho!r} should be a number in [0, 1] "
+                "or a non-empty list of them (one per iteration)"
+            )
 
 
 @dataclass
@@ -203,6 +211,30 @@ class CreamConfig:
     # How the previous model's ranking of the candidates is compared with the current one's.
     consistency: Literal["kendall", "spearman"] = "kendall"
     loss: Literal["dynamic", "average"] = "dynamic"  # each pair's own C, or the iteration's mean C
+
+
+@dataclass
+class MetaConfig:
+    """method: meta (Meta-Rewarding, Wu et al. 2024): the meta-judge's judge pairs (srlm.judge_pairs)."""
+
+    judge_iterations: list = field(default_factory=lambda: [1, 2])  # the paper: judge pairs in iterations 1-2 only
+    # probability: p(A) vs p(B) after `Winner: Judgement` (one forward per order); sampled: the paper's written
+    # verdict, parsed (failures counted)
+    verdict: Literal["probability", "sampled"] = "probability"
+    # weights: the paper's slot weights w1 = W2/(W1+W2), w2 = W1/(W1+W2) over the iteration's verdicts;
+    # agreement: a judgment wins a comparison only when both orders prefer it (NeMo-Aligner)
+    position: Literal["weights", "agreement"] = "weights"
+    max_chosen_chars: int = non_negative(1100)  # drop a judge pair whose chosen judgment is longer (0 = no cap)
+    max_score_share: float = probability(0.4)  # cap on one score's share among the chosen judgments
+    max_judge_share: float = probability(0.5)  # cap on judge pairs' share of dpo@t's pairs (paper: pooled)
+    temperature: float = non_negative(0.7)  # verdict: sampled
+    top_p: float = probability(0.9)
+    max_new_tokens: int = positive(96)
+
+    def __post_init__(self):
+        its = self.judge_iterations
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in its):
+            raise ConfigError(f"params.yaml: meta.judge_iterations = {its!r} should be a list of iteration numbers")
 
 
 @dataclass
@@ -270,7 +302,7 @@ def _default_iterations() -> dict:
 @dataclass
 class Params:
     seed: int = 1234
-    method: Literal["srlm", "cream"] = "srlm"
+    method: Literal["srlm", "cream", "meta"] = "srlm"
     model: ModelConfig = field(default_factory=ModelConfig)
     seed_data: SeedDataConfig = field(default_factory=SeedDataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -282,6 +314,7 @@ class Params:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     cream: CreamConfig = field(default_factory=CreamConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     iterations: dict = field(default_factory=_default_iterations)
@@ -349,7 +382,9 @@ def _coerce(typ, value, path, bound: str | None = None):
         if not isinstance(value, dict):
             raise ConfigError(f"params.yaml: {path} should be a mapping")
         return value
-    if typ is list:
+    if typ is list:  # lists of names; MetaConfig checks its list of numbers itself
+        if path == "meta.judge_iterations" and isinstance(value, list):
+            return value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"params.yaml: {path} should be a list of names")
         return value
@@ -366,6 +401,11 @@ def parse_params(data: dict) -> Params:
         raise ConfigError(
             "params.yaml: pairs.tie_break = 'other_readout' needs a second readout, and judge.scoring = 'direct' "
             "reads only one; set pairs.tie_break: none"
+        )
+    if params.method == "meta" and params.judge.scoring == "direct":
+        raise ConfigError(
+            "params.yaml: method = 'meta' compares the judge's written judgments, and judge.scoring = 'direct' "
+            "writes none; use judge.scoring: expected or sampled"
         )
     for section in ("sft", "dpo"):
         cfg = getattr(params, section)

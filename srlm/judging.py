@@ -1,10 +1,11 @@
 """Judging with a model: the paper's judge prompt over (instruction, response) items with both readouts,
-the candidates of an iteration, the pairwise verdicts of the head-to-head, and the EFT construction."""
+the candidates of an iteration, the pairwise verdicts of the head-to-head, Meta-Rewarding's meta-judge
+verdicts, and the EFT construction."""
 
 from __future__ import annotations
 
 from .metrics import length_bias, score_histogram, score_spread
-from .prompts import judge_prompt, pairwise_prompt
+from .prompts import judge_prompt, meta_judge_prompt, pairwise_prompt
 from .sampling import chat_prompt
 from .scores import (
     _before_score,
@@ -13,6 +14,7 @@ from .scores import (
     expected_score,
     judge_metrics,
     label_tokens,
+    parse_meta_verdict,
     parse_score,
     parse_verdict,
     score_tokens,
@@ -127,13 +129,31 @@ def pairwise_verdicts(generator, items: list[tuple[str, str, str]], mode: str, s
             }
             for i in range(n)
         ]
-    anchor, targets = label_tokens(tok, "Winner:", ["A", "B"])
-    probs = generator.next_token_probs(prompts, [[anchor]] * len(prompts), targets, desc="head-to-head")
-    pa = [float(p[0, 0] / (p[0, 0] + p[0, 1])) for p in probs]
+    pa = _p_first(generator, prompts, "Winner:", "head-to-head")
     verdict = ["A" if v > 0.5 else "B" if v < 0.5 else "tie" for v in pa]
     return [
         {"ab": verdict[i], "ba": verdict[n + i], "p_a_ab": round(pa[i], 4), "p_a_ba": round(pa[n + i], 4)}
         for i in range(n)
+    ]
+
+
+def _p_first(generator, prompts: list[str], anchor: str, desc: str) -> list[float]:
+    """p(A) / (p(A) + p(B)) as the next token after `anchor` at the start of each answer (teacher forcing)."""
+    text, targets = label_tokens(generator.tokenizer, anchor, ["A", "B"])
+    probs = generator.next_token_probs(prompts, [[text]] * len(prompts), targets, desc=desc)
+    return [float(p[0, 0] / (p[0, 0] + p[0, 1])) for p in probs]
+
+
+def meta_verdicts(generator, items: list[tuple[str, str, str, str]], mode: str, sampling) -> list[str | None]:
+    """The meta-judge's verdict on each (instruction, response, judgment A, judgment B): "A", "B", or
+    None (an unparsable written verdict; p(A) exactly ½). mode="sampled": the model writes its reasoning
+    and `Winner: Judgement A|B` (the paper); mode="probability": p(A) vs p(B) after `Winner: Judgement`."""
+    prompts = [chat_prompt(generator.tokenizer, meta_judge_prompt(*it)) for it in items]
+    if mode == "sampled":
+        return [parse_meta_verdict(o[0].text) for o in generator.generate(prompts, sampling, desc="meta-judge")]
+    return [
+        "A" if v > 0.5 else "B" if v < 0.5 else None
+        for v in _p_first(generator, prompts, "Winner: Judgement", "meta-judge")
     ]
 
 

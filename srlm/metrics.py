@@ -23,7 +23,7 @@ def missing(*values) -> bool:
     return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
 
 
-def _round_half_up(score: float) -> int:
+def round_half_up(score: float) -> int:
     return math.floor(score + 0.5)
 
 
@@ -243,7 +243,7 @@ def score_histogram(scores: list[float | None]) -> dict:
         if missing(s):
             unscored += 1
             continue
-        k = _round_half_up(s)
+        k = round_half_up(s)
         if not 0 <= k <= 5:
             raise ValueError(f"score {s} is outside 0..5")
         hist[f"score_{k}"] += 1

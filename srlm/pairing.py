@@ -20,7 +20,7 @@ def select_pairs(
     judged: list[dict],
     min_valid: int = 2,
     tiebreak: str | None = None,
-    length_margin: float | None = None,
+    length_rho: float = 0.0,
     truncated_chosen: bool = False,
 ) -> tuple[list[dict], Counter]:
     """Highest vs lowest score per prompt (`score`: the mean of its k judgments); as in the paper,
@@ -36,9 +36,13 @@ def select_pairs(
       `truncated_chosen`: training towards it teaches the model to stop mid-sentence. It can still
       be `rejected`. `truncated_not_chosen` counts the prompts where that changed the choice,
       `dropped_truncated` those left without an eligible chosen candidate.
-    - `length_margin` (Meta-Rewarding's length control): `chosen` is the shortest eligible
-      candidate whose score is within the margin of the best and still above the rejected one
-      (`length_controlled` counts the pairs where that changed the choice).
+    - `length_rho` = ρ, Meta-Rewarding's length control (Wu et al. 2024, §2.1): with S_max and
+      S_min the prompt's highest and lowest scores, `chosen` is the *shortest* eligible candidate
+      scoring in [(1−ρ)S_max + ρS_min, S_max] and `rejected` the *longest* scoring in
+      [S_min, (1−ρ)S_min + ρS_max] (length in characters, as the paper reports lengths; ties go to
+      the higher / lower score, then the lower id). ρ = 0 is the rule above. A pair whose chosen
+      candidate does not score above its rejected one (the tiers overlap from ρ = 0.5) is dropped
+      (`dropped_overlap`); `length_controlled` counts the pairs where ρ changed a side.
     Candidates are keyed by id, never by position."""
 
     def sec(c):
@@ -68,12 +72,14 @@ def select_pairs(
             counts["truncated_not_chosen"] += 1
         if best["score"] == worst["score"]:
             counts["tie_broken"] += 1
-        elif length_margin is not None:
-            near = [c for c in eligible if c["score"] >= best["score"] - length_margin and c["score"] > worst["score"]]
-            short = min(near, key=lambda c: len(c["response"]))
-            if short is not best:
+        elif length_rho > 0:
+            chosen, rejected = length_controlled(eligible, valid, top["score"], worst["score"], length_rho)
+            if chosen is None or chosen["score"] <= rejected["score"]:
+                counts["dropped_overlap"] += 1
+                continue
+            if chosen is not best or rejected is not worst:
                 counts["length_controlled"] += 1
-                best = short
+            best, worst = chosen, rejected
         counts["pairs"] += 1
         pairs.append(
             {
@@ -89,6 +95,28 @@ def select_pairs(
         )
     counts["prompts"] = len(groups)
     return pairs, counts
+
+
+_TIER_EPS = 1e-9  # averaged scores are rounded to 4 decimals; a tier bound must not miss one by float error
+
+
+def length_controlled(eligible: list[dict], valid: list[dict], s_max: float, s_min: float, rho: float):
+    """Meta-Rewarding's tiers: the shortest `eligible` candidate in the top tier and the longest
+    `valid` one in the bottom tier (None for `chosen` when no eligible candidate is in the top tier)."""
+    top_bound, bottom_bound = (1 - rho) * s_max + rho * s_min, (1 - rho) * s_min + rho * s_max
+    upper = [c for c in eligible if c["score"] >= top_bound - _TIER_EPS]
+    lower = [c for c in valid if c["score"] <= bottom_bound + _TIER_EPS]
+    chosen = min(upper, key=lambda c: (len(c["response"]), -c["score"], c["candidate_id"])) if upper else None
+    rejected = min(lower, key=lambda c: (-len(c["response"]), c["score"], c["candidate_id"]))
+    return chosen, rejected
+
+
+def rho_for(length_rho, iteration: str | int) -> float:
+    """`pairs.length_rho` for iteration t: one number for every iteration, or a list whose t-th
+    entry is iteration t's (its last entry for later iterations), as the paper varies ρ."""
+    if isinstance(length_rho, list):
+        return float(length_rho[min(int(iteration), len(length_rho)) - 1])
+    return float(length_rho)
 
 
 def select_positives(judged: list[dict], readout: str, truncated: bool = False) -> tuple[list[dict], Counter]:

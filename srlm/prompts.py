@@ -33,6 +33,25 @@ def pairwise_prompt(instruction: str, response_a: str, response_b: str) -> str:
     )
 
 
+META_JUDGE_TEMPLATE = (Path(__file__).parent / "templates" / "meta_judge.txt").read_text(encoding="utf-8").strip()
+# The judge's five additive criteria, which the meta-judge prompt quotes ("The rubric used for the initial
+# judgments is as follows"): taken from the judge template, so the two never drift apart.
+RUBRIC = "\n".join(line for line in JUDGE_TEMPLATE.split("\nUser:")[0].splitlines() if line.startswith("- "))
+
+
+def meta_judge_prompt(instruction: str, response: str, judgment_a: str, judgment_b: str) -> str:
+    """Meta-Rewarding's meta-judge prompt (Wu et al. 2024, Fig. 2, as quoted in its write-ups and in
+    NeMo-Aligner): which of two judgments of one response is more accurate, ending in
+    `Winner: Judgement A|B`."""
+    return (
+        META_JUDGE_TEMPLATE.replace("<RUBRIC_HERE>", RUBRIC)
+        .replace("<INSTRUCTION_HERE>", instruction.strip())
+        .replace("<RESPONSE_HERE>", response.strip())
+        .replace("<JUDGMENT_A_HERE>", judgment_a.strip())
+        .replace("<JUDGMENT_B_HERE>", judgment_b.strip())
+    )
+
+
 FEWSHOT_HEADER = (
     "Below are some tasks that users ask an AI assistant. Write new tasks that are different from all of them.\n\n"
 )

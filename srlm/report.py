@@ -71,6 +71,7 @@ def collect(params, load=None) -> dict:
             name: load(artifacts.iteration_metrics(k, name))
             for name in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")
         }
+        | {"meta_judge": _optional(load, artifacts.iteration_metrics(k, "meta_judge"))}
         for k in map(str, params.iterations)
     }
     models = {
@@ -149,6 +150,9 @@ def paired_comparisons(params) -> dict:
         counts = {"ranked_sets": judge.pop("n"), "verifiable_prompts": follow.pop("n"), "prompts": logp.pop("n")}
         out[f"{a}_vs_{b}"] = {"a": a, "b": b} | counts | judge | follow | logp
     return out
+
+
+METHOD_NAMES = {"srlm": "SRLM", "cream": "CREAM", "meta": "Meta-Rewarding"}
 
 
 def _f(v, pct: bool = False, digits: int = 3) -> str:
@@ -258,6 +262,7 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
     iterations = []
     for k, v in c["iterations"].items():
         g, s, j, p, d = v["gen_prompts"], v["sample"], v["judge"], v["pairs"], v["dpo"]
+        mj = v.get("meta_judge", {})
         iterations.append(
             {
                 "iteration": int(k),
@@ -281,6 +286,18 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
                 "dpo_margin": d.get("rewards_margins_mean"),
                 "dpo_loss": d.get("train_loss"),
                 **{f"score_{n}": j.get(f"candidate_score_{n}", 0) for n in range(6)},
+                "length_rho": p.get("length_rho"),
+                "length_controlled": p.get("length_controlled", 0),
+                "meta_compared": mj.get("candidates_compared"),
+                "meta_comparisons": mj.get("comparisons"),
+                "meta_failure_rate": mj.get("verdict_failure_rate"),
+                "meta_position_a": mj.get("position_a_rate"),
+                "meta_prefers_higher": mj.get("prefers_higher_score_rate"),
+                "judge_pairs_made": mj.get("judge_pairs", 0),
+                "judge_pairs_trained": d.get("judge_pairs", 0),
+                "judgment_chars": mj.get("judgment_chars_mean"),
+                "chosen_judgment_chars": mj.get("chosen_chars_mean"),
+                **{f"judgment_score_{n}": mj.get(f"judgment_score_{n}") for n in range(6)},
             }
         )
     h2h = [
@@ -320,7 +337,7 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
 def render(c: dict, t: dict, params, figures: list[str]) -> str:
     sc = params.judge.scoring
     out = [
-        f"# Self-rewarding run report ({params.method.upper()})",
+        f"# Self-rewarding run report ({METHOD_NAMES[params.method]})",
         "",
         f"Base model `{params.model.base}`; {len(params.iterations)} iteration(s); judge readout "
         f"`judge.scoring: {sc}`; seed data: {c['seed'].get('ift_train')} IFT train, "
@@ -673,6 +690,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             [[str(r["iteration"])] + [str(r[f"score_{n}"]) for n in range(6)] for r in t["iterations"]],
         )
     )
+    if params.method == "meta":
+        out += _meta_section(t["iterations"])
     if figures:
         out += ["", "## Figures", ""] + [f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures]
     out += [
@@ -687,6 +706,69 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _meta_section(iterations: list[dict]) -> list[str]:
+    """What Meta-Rewarding watches (Wu et al. 2024, §4 and Table 5): the meta-judge's biases, the judgment
+    pairs and their length, and the judges' score distribution (collapse towards 5)."""
+    out = [
+        "",
+        "## Meta-judge per iteration (Meta-Rewarding)",
+        "",
+        "Per prompt, the candidate whose judgments varied most; every pair of its judgments compared in both "
+        "orders. Position A: the share of verdicts for the judgment shown first (½ = no position bias); higher "
+        "score: how often the verdict prefers the judgment giving the higher score (the paper saw 97.7 % by "
+        "iteration 2). Judge pairs: made by meta_judge@t, and trained on by dpo@t (`meta.max_judge_share`). "
+        "ρ: `pairs.length_rho`, with the actor pairs it changed.",
+        "",
+    ]
+    out.append(
+        _table(
+            [
+                "iteration",
+                "ρ",
+                "length-controlled pairs",
+                "candidates compared",
+                "comparisons",
+                "verdict failures %",
+                "position A %",
+                "higher score %",
+                "judge pairs made",
+                "judge pairs trained",
+                "judgment chars",
+                "chosen judgment chars",
+            ],
+            [
+                [
+                    str(r["iteration"]),
+                    _f(r["length_rho"], digits=2),
+                    str(r["length_controlled"]),
+                    _f(r["meta_compared"], digits=0),
+                    _f(r["meta_comparisons"], digits=0),
+                    _f(r["meta_failure_rate"], True),
+                    _f(r["meta_position_a"], True),
+                    _f(r["meta_prefers_higher"], True),
+                    str(r["judge_pairs_made"]),
+                    str(r["judge_pairs_trained"]),
+                    _f(r["judgment_chars"], digits=0),
+                    _f(r["chosen_judgment_chars"], digits=0),
+                ]
+                for r in iterations
+            ],
+        )
+    )
+    out += [
+        "",
+        "Every judgment's own score per iteration (rounded to 0–5; a judge collapsing towards 5 shows here):",
+        "",
+    ]
+    out.append(
+        _table(
+            ["iteration"] + [str(n) for n in range(6)],
+            [[str(r["iteration"])] + [_f(r[f"judgment_score_{n}"], digits=0) for n in range(6)] for r in iterations],
+        )
+    )
+    return out
 
 
 def figures(t: dict, out_dir: Path, scoring: str) -> list[str]:

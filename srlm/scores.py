@@ -197,6 +197,19 @@ def parse_verdict(text: str) -> str | None:
     return "tie" if v == "tie" else v.upper()
 
 
+_META_WINNER = re.compile(r"winner\s*\**\s*:\s*[*\[(\"'`\s]*judge?ments?\s*\**\s*(a|b)(?![a-z0-9])", re.IGNORECASE)
+
+
+def parse_meta_verdict(text: str) -> str | None:
+    """The meta-judge ends with `Winner: Judgement A` or `Winner: Judgment B` (any case, brackets and
+    markdown tolerated). Returns "A", "B", or None when the last `Winner:` names neither."""
+    anchors = list(_WINNER.finditer(text))
+    if not anchors:
+        return None
+    m = _META_WINNER.match(text, anchors[-1].start())
+    return m.group(1).upper() if m else None
+
+
 def combine_orders(first: str | None, second: str | None) -> str:
     """X's outcome from two verdicts: `first` with X shown as A and Y as B, `second` with Y as A and
     X as B. "win" only when both prefer X ("A" then "B"), "loss" only when both prefer Y ("B" then

@@ -8,7 +8,7 @@ from statistics import mean
 from srlm import artifacts, stage
 from srlm.io import DataError
 from srlm.metrics import longer_wins_rate
-from srlm.pairing import attach_consistency, select_pairs, select_positives
+from srlm.pairing import attach_consistency, rho_for, select_pairs, select_positives
 from srlm.tracking import log_artifact, stage_run, write_metrics
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
@@ -35,7 +35,7 @@ def run(params, key, it):
                 judged,
                 cfg.min_valid,
                 other if cfg.tie_break == "other_readout" else None,
-                cfg.length_margin if cfg.length_control else None,
+                rho_for(cfg.length_rho, key),
                 cfg.truncated_chosen,
             )
         else:
@@ -48,6 +48,7 @@ def run(params, key, it):
                 f"Check {source.path}: the judge may not be producing 'Score: N'."
             )
         metrics = dict(counts) | {"mode": cfg.mode, "scored_rate": scored_rate, "method": params.method}
+        metrics["length_rho"] = rho_for(cfg.length_rho, key) if cfg.mode == "preference" else None
         if cfg.mode == "preference":
             metrics |= {
                 "chosen_chars_mean": mean(len(r["chosen"]) for r in rows),

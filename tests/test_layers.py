@@ -24,6 +24,7 @@ BASE = [
     "srlm.progress",
     "srlm.tracking",
     "srlm.registry",
+    "srlm.judge_pairs",
 ]
 ENGINE = ["srlm.modeling", "srlm.generation", "srlm.training", "srlm.cream", "srlm.launch"]
 GLUE = ["srlm.judging", "srlm.evaluation", "srlm.resume", "srlm.stage", "srlm.report"]

@@ -108,20 +108,48 @@ def test_all_tied_prompts_are_dropped_unless_the_other_readout_is_asked_to_break
     assert counts["tie_broken"] == 1 and counts["dropped_tie"] == 2 and counts["pairs"] == 2
 
 
-def test_length_control_picks_the_shortest_near_the_best():
+def test_length_control_takes_the_shortest_of_the_top_tier_and_the_longest_of_the_bottom():
+    # S_max = 5, S_min = 1; ρ = 0.25: chosen from [4, 5], rejected from [1, 2]
     judged = [
         scored("a", 0, 5.0, response="x" * 300),
-        scored("a", 1, 4.6, response="x" * 40),
-        scored("a", 2, 4.0, response="x" * 10),
+        scored("a", 1, 4.0, response="x" * 40),
+        scored("a", 2, 3.0, response="x" * 10),  # shortest of all, but below the top tier
         scored("a", 3, 1.0, response="x" * 20),
+        scored("a", 4, 2.0, response="x" * 90),  # the longest of the bottom tier
+        scored("a", 5, 2.5, response="x" * 500),  # longer still, but above the bottom tier
     ]
-    pairs, counts = select_pairs(judged, length_margin=0.5)
-    assert pairs[0]["chosen_id"] == "a-c1" and pairs[0]["rejected_id"] == "a-c3"
+    pairs, counts = select_pairs(judged, length_rho=0.25)
+    assert (pairs[0]["chosen_id"], pairs[0]["rejected_id"]) == ("a-c1", "a-c4")
     assert counts["length_controlled"] == 1
-    assert select_pairs(judged)[0][0]["chosen_id"] == "a-c0"
-    # the margin never lets the rejected candidate (or one tied with it) become chosen
-    tight = [scored("b", 0, 2.0, response="x" * 90), scored("b", 1, 1.8, response="x")]
-    assert select_pairs(tight, length_margin=5.0)[0][0]["chosen_id"] == "b-c0"
+    # ρ = 0 is the plain rule: highest vs lowest, lengths ignored
+    plain = select_pairs(judged)
+    assert select_pairs(judged, length_rho=0.0) == plain
+    assert (plain[0][0]["chosen_id"], plain[0][0]["rejected_id"]) == ("a-c0", "a-c3")
+    # ρ = 1: every candidate is in both tiers; the shortest vs the longest, which the scores contradict here
+    both = [scored("b", 0, 4.0, response="x" * 90), scored("b", 1, 1.0, response="x")]
+    pairs, counts = select_pairs(both, length_rho=1.0)
+    assert pairs == [] and counts["dropped_overlap"] == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_control_at_rho_zero_is_todays_rule_and_never_pairs_a_candidate_with_itself(seed):
+    rng = random.Random(seed)
+    judged = [
+        scored(p, j, rng.choice([None, 1.0, 2.0, 2.5, 4.0, 5.0]), response="x" * rng.randint(1, 50))
+        for p in "abcdef"
+        for j in range(4)
+    ]
+    assert select_pairs(judged, length_rho=0.0) == select_pairs(judged)
+    for rho in (0.1, 0.4, 0.6, 1.0):
+        for pair in select_pairs(judged, length_rho=rho)[0]:
+            assert pair["chosen_id"] != pair["rejected_id"] and pair["chosen_score"] > pair["rejected_score"]
+
+
+def test_length_rho_per_iteration():
+    from srlm.pairing import rho_for
+
+    assert rho_for(0.3, "2") == 0.3
+    assert [rho_for([0.0, 0.32, 0.4], t) for t in ("1", "2", "3", "4")] == [0.0, 0.32, 0.4, 0.4]
 
 
 def test_consistency_measures():

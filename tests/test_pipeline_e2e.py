@@ -17,7 +17,11 @@ pytestmark = pytest.mark.e2e
 MODELS = ["sft_baseline", "m3"]
 ALL_STAGES = (
     ["prepare_model", "prepare_seed", "sft_baseline", "build_eft", "sft"]
-    + [f"{s}@{t}" for t in (1, 2) for s in ("gen_prompts", "sample", "judge", "judge_prev", "pairs", "dpo")]
+    + [
+        f"{s}@{t}"
+        for t in (1, 2)
+        for s in ("gen_prompts", "sample", "judge", "judge_prev", "meta_judge", "pairs", "dpo")
+    ]
     + [f"{s}@{m}" for m in MODELS for s in ("eval_judge", "answer", "follow")]
     + ["head_to_head@m3_vs_sft_baseline", "report"]
 )
@@ -262,6 +266,8 @@ def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
         f"eval_judge@{m}" for m in MODELS
     }
     downstream = reads_judge | {
+        "meta_judge@1",  # reads the judgments (and writes an empty file under method=srlm)
+        "meta_judge@2",
         "pairs@2",
         "dpo@1",
         "dpo@2",
@@ -288,7 +294,7 @@ def test_cream_reuses_the_generation_stages(project):
     )
     # judge_prev and pairs rerun; what follows reruns only where an output changed (C = 1 on every pair of
     # an iteration is plain DPO, the same M2); never sampling or judging of iteration 1
-    certain = {"judge_prev@1", "judge_prev@2", "pairs@1", "dpo@1", "report"}
+    certain = {"judge_prev@1", "judge_prev@2", "meta_judge@1", "meta_judge@2", "pairs@1", "dpo@1", "report"}
     downstream = certain | {
         "pairs@2",
         "dpo@2",
@@ -323,6 +329,62 @@ def test_cream_reuses_the_generation_stages(project):
     assert ran(dry.stdout) == {"pairs@1", "pairs@2"}
 
 
+def test_meta_rewarding_reuses_the_generation_stages(project):
+    """-S method=meta on top of the CREAM experiment: the meta-judge and the length-controlled pairs are new,
+    the prompts, candidates and judgments of iteration 1 are reused."""
+    d, _ = project
+    log = d.parent / "files-meta.jsonl"
+    exp = dvc(
+        ["exp", "run", "-n", "meta", "-S", "judge.samples=2", "-S", "method=meta", "-S", "pairs.length_rho=[0.0,0.3]"],
+        d,
+        SRLM_TRACKING="off",
+        SRLM_AUDIT_FILES=str(log),
+    )
+    certain = {"judge_prev@1", "judge_prev@2", "meta_judge@1", "meta_judge@2", "pairs@1", "dpo@1", "report"}
+    downstream = certain | {
+        "pairs@2",
+        "dpo@2",
+        "sample@2",
+        "judge@2",
+        "eval_judge@m3",
+        "answer@m3",
+        "follow@m3",
+        "head_to_head@m3_vs_sft_baseline",
+    }
+    assert certain <= ran(exp.stdout) <= downstream, exp.stdout
+    assert not undeclared_files(d, log)
+    compared = 0
+    for t, rho in ((1, 0.0), (2, 0.3)):
+        # the tiny judge's expected scores barely vary, so few candidates have judgments to compare and the
+        # judgments' rounded scores tie: the judge pairs themselves are tested in tests/test_judge_pairs.py
+        meta = json.loads((d / artifacts.iteration_metrics(t, "meta_judge")).read_text())
+        judge_pairs = read_jsonl(d / artifacts.judge_pairs(t).path, allow_empty=True)
+        assert meta["method"] == "meta" and meta["comparisons"] == 2 * meta["candidates_compared"]  # k = 2
+        assert meta["candidates_compared"] + meta.get("dropped_no_spread", 0) == meta["prompts"] > 0
+        assert meta["judge_pairs"] == len(judge_pairs)
+        compared += meta["comparisons"]
+        assert all(p["kind"] == "judge" and p["chosen_score"] != p["rejected_score"] for p in judge_pairs)
+        dpo = json.loads((d / artifacts.iteration_metrics(t, "dpo")).read_text())
+        assert dpo["judge_pairs"] + dpo["judge_pairs_left_out"] == len(judge_pairs)
+        assert dpo["judge_pairs"] <= dpo["actor_pairs"]  # meta.max_judge_share: 0.5
+        assert json.loads((d / artifacts.iteration_metrics(t, "pairs")).read_text())["length_rho"] == rho
+    assert compared > 0  # the meta-judge did read verdicts
+    report = (d / "reports/report.md").read_text()
+    assert "(Meta-Rewarding)" in report and "## Meta-judge per iteration" in report
+    # leaving the meta-judge's iterations reruns it (now a no-op) and the training, never the judging
+    params = d / "params.yaml"
+    before = params.read_text()
+    changed = yaml.safe_load(before)
+    assert changed["meta"]["judge_iterations"] == [1, 2] and changed["pairs"]["length_rho"] == [0.0, 0.3]
+    changed["meta"]["judge_iterations"] = [1]
+    params.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        dry = dvc(["repro", "--dry"], d)
+    finally:
+        params.write_text(before)
+    assert ran(dry.stdout) == {"meta_judge@1", "meta_judge@2"}, dry.stdout
+
+
 @pytest.mark.parametrize("key", ["batch_size", "shard_size"])
 def test_the_batching_params_rerun_every_generating_stage(project, key):
     """They decide which prompts share a batch and a seed (tests/test_determinism.py), so each is a param of
@@ -344,6 +406,7 @@ def test_the_batching_params_rerun_every_generating_stage(project, key):
         "sample",
         "judge",
         "judge_prev",
+        "meta_judge",
         "eval_judge",
         "answer",
         "follow",

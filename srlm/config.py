@@ -222,8 +222,9 @@ class MetaConfig:
     # verdict, parsed (failures counted)
     verdict: Literal["probability", "sampled"] = "probability"
     # weights: the paper's slot weights w1 = W2/(W1+W2), w2 = W1/(W1+W2) over the iteration's verdicts;
-    # agreement: a judgment wins a comparison only when both orders prefer it (NeMo-Aligner)
-    position: Literal["weights", "agreement"] = "weights"
+    # agreement: a judgment wins a comparison only when both orders prefer it (NeMo-Aligner);
+    # calibrated (verdict: probability): p(m better) = (p(A | m first) + 1 - p(A | m second)) / 2, soft wins
+    position: Literal["weights", "agreement", "calibrated"] = "weights"
     max_chosen_chars: int = non_negative(1100)  # drop a judge pair whose chosen judgment is longer (0 = no cap)
     max_score_share: float = probability(0.4)  # cap on one score's share among the chosen judgments
     max_judge_share: float = probability(0.5)  # cap on judge pairs' share of dpo@t's pairs (paper: pooled)
@@ -235,6 +236,11 @@ class MetaConfig:
         its = self.judge_iterations
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in its):
             raise ConfigError(f"params.yaml: meta.judge_iterations = {its!r} should be a list of iteration numbers")
+        if self.position == "calibrated" and self.verdict != "probability":
+            raise ConfigError(
+                "params.yaml: meta.position = 'calibrated' reads p(A) of both orders, which meta.verdict = "
+                f"{self.verdict!r} does not give; set meta.verdict: probability"
+            )
 
 
 @dataclass

@@ -78,17 +78,26 @@ def position_weights(verdicts: list[str | None]) -> tuple[float, float]:
     return w_b / (w_a + w_b), w_a / (w_a + w_b)
 
 
-def battle_matrix(n: int, verdicts: dict[tuple[int, int], str | None], position: str, weights=(0.5, 0.5)):
+def battle_matrix(n: int, verdicts: dict[tuple[int, int], str | None], position: str, weights=(0.5, 0.5), p_a=None):
     """B[m, k]: how much judgment m beat judgment k. `verdicts[(m, k)]` is the verdict with m as A.
 
     - position="weights": a win from slot A earns w1, from slot B w2 (`weights`).
     - position="agreement": m beats k (1) only when both orders prefer m; orders that disagree (or
-      an explicit tie) credit ½ to each; a missing verdict credits nothing."""
+      an explicit tie) credit ½ to each; a missing verdict credits nothing.
+    - position="calibrated" (probability verdicts, `p_a[(m, k)]` = p(A) with m as A): m earns
+      p = (p_a[(m, k)] + 1 − p_a[(k, m)]) / 2 and k earns 1 − p, which averages out a constant
+      preference for one slot, as the head-to-head's `calibrated` readout does."""
     b = np.zeros((n, n))
     w1, w2 = weights
     for m, k in combinations(range(n), 2):
         first, second = verdicts.get((m, k)), verdicts.get((k, m))
-        if position == "weights":
+        if position == "calibrated":
+            if p_a is None or p_a.get((m, k)) is None or p_a.get((k, m)) is None:
+                raise ValueError("position='calibrated' needs p(A) of both orders (meta.verdict: probability)")
+            p = (p_a[(m, k)] + 1 - p_a[(k, m)]) / 2
+            b[m, k] += p
+            b[k, m] += 1 - p
+        elif position == "weights":
             for a, z, v in ((m, k, first), (k, m, second)):  # a shown first, z second
                 if v == "A":
                     b[a, z] += w1
@@ -180,7 +189,8 @@ def cap_score_share(pairs: list[dict], max_share: float) -> tuple[list[dict], in
 
 def select_judge_pairs(judged: list[dict], readout: str, verdict_of, position: str, cfg) -> tuple[list[dict], dict]:
     """The iteration's judge pairs from its judged candidates. `verdict_of(items)` takes
-    (instruction, response, judgment A, judgment B) tuples and returns "A" / "B" / None for each.
+    (instruction, response, judgment A, judgment B) tuples and returns, for each, {"verdict": "A" / "B" /
+    None, "p_a": p(A) or None} (`srlm.judging.meta_verdicts`).
     `cfg`: max_chosen_chars, max_score_share. Returns the pairs and their metrics."""
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for r in judged:
@@ -200,19 +210,22 @@ def select_judge_pairs(judged: list[dict], readout: str, verdict_of, position: s
         for m, k in comparisons(len(idx)):
             items.append((cand["prompt"], cand["response"], shown[m], shown[k]))
             where.append((p, m, k))
-    verdicts = verdict_of(items) if items else []
+    read = verdict_of(items) if items else []
+    verdicts = [r["verdict"] for r in read]
     weights = position_weights(verdicts)
     per_prompt: dict[int, dict] = defaultdict(dict)
+    p_first: dict[int, dict] = defaultdict(dict)
     higher, differing = 0, 0
-    for (p, m, k), v in zip(where, verdicts):
+    for (p, m, k), v, r in zip(where, verdicts, read):
         per_prompt[p][(m, k)] = v
+        p_first[p][(m, k)] = r.get("p_a")
         sm, sk = picked[p][2][m], picked[p][2][k]
         if v is not None and round_half_up(sm) != round_half_up(sk):
             differing += 1
             higher += (v == "A") == (sm > sk)
     pairs = []
     for p, (cand, idx, scores) in enumerate(picked):
-        strengths = bradley_terry(battle_matrix(len(idx), per_prompt[p], position, weights))
+        strengths = bradley_terry(battle_matrix(len(idx), per_prompt[p], position, weights, p_first[p]))
         pair, outcome = pick_judge_pair(cand, idx, scores, strengths, cfg.max_chosen_chars)
         counts[outcome if outcome == "pair" else f"dropped_{outcome}"] += 1
         if pair:

@@ -144,15 +144,17 @@ def _p_first(generator, prompts: list[str], anchor: str, desc: str) -> list[floa
     return [float(p[0, 0] / (p[0, 0] + p[0, 1])) for p in probs]
 
 
-def meta_verdicts(generator, items: list[tuple[str, str, str, str]], mode: str, sampling) -> list[str | None]:
-    """The meta-judge's verdict on each (instruction, response, judgment A, judgment B): "A", "B", or
-    None (an unparsable written verdict; p(A) exactly ½). mode="sampled": the model writes its reasoning
-    and `Winner: Judgement A|B` (the paper); mode="probability": p(A) vs p(B) after `Winner: Judgement`."""
+def meta_verdicts(generator, items: list[tuple[str, str, str, str]], mode: str, sampling) -> list[dict]:
+    """The meta-judge's verdict on each (instruction, response, judgment A, judgment B): {"verdict": "A",
+    "B" or None (an unparsable written verdict; p(A) exactly ½), "p_a": p(A) / (p(A) + p(B)) or None}.
+    mode="sampled": the model writes its reasoning and `Winner: Judgement A|B` (the paper);
+    mode="probability": p(A) vs p(B) after `Winner: Judgement`."""
     prompts = [chat_prompt(generator.tokenizer, meta_judge_prompt(*it)) for it in items]
     if mode == "sampled":
-        return [parse_meta_verdict(o[0].text) for o in generator.generate(prompts, sampling, desc="meta-judge")]
+        outs = generator.generate(prompts, sampling, desc="meta-judge")
+        return [{"verdict": parse_meta_verdict(o[0].text), "p_a": None} for o in outs]
     return [
-        "A" if v > 0.5 else "B" if v < 0.5 else None
+        {"verdict": "A" if v > 0.5 else "B" if v < 0.5 else None, "p_a": round(v, 6)}
         for v in _p_first(generator, prompts, "Winner: Judgement", "meta-judge")
     ]
 

@@ -105,7 +105,17 @@ def test_agreement_needs_both_orders():
 
 def verdicts_from(judge):
     """A meta-judge that calls judge(judgment A text, judgment B text) -> "A" | "B" | None."""
-    return lambda items: [judge(a, b) for _, _, a, b in items]
+    return lambda items: [{"verdict": judge(a, b), "p_a": None} for _, _, a, b in items]
+
+
+def probabilities_from(p_a):
+    """A meta-judge whose p(A) is p_a(judgment A text, judgment B text)."""
+
+    def read(items):
+        ps = [p_a(a, b) for _, _, a, b in items]
+        return [{"verdict": "A" if p > 0.5 else "B" if p < 0.5 else None, "p_a": p} for p in ps]
+
+    return read
 
 
 def score_of(text):
@@ -130,6 +140,32 @@ def test_a_meta_judge_that_only_follows_the_position_gives_no_pair(position):
     rows = [cand("p", 0, [1, 4, 2])]
     pairs, m = select_judge_pairs(rows, "sampled", verdicts_from(lambda a, b: "A"), position, CFG)
     assert pairs == [] and m["dropped_elo_tie"] == 1 and m["position_a_rate"] == 1.0
+
+
+def test_calibration_finds_the_preference_under_a_constant_position_bias():
+    """p(A) is 0.9 plus a little for the higher-scoring judgment: every verdict says A, so the paper's slot
+    weights see nothing, while averaging p(A) over both orders recovers the preference."""
+    rows = [cand("p", 0, [1, 4, 2]), cand("q", 0, [5, 0, 3])]
+
+    def biased(a, b):
+        return 0.9 + 0.01 * ((score_of(a) > score_of(b)) - (score_of(a) < score_of(b)))
+
+    pairs, m = select_judge_pairs(rows, "sampled", probabilities_from(biased), "weights", CFG)
+    assert pairs == [] and m["position_a_rate"] == 1.0 and m["dropped_elo_tie"] == 2
+    pairs, m = select_judge_pairs(rows, "sampled", probabilities_from(biased), "calibrated", CFG)
+    assert [(p["id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [("p", 4, 1), ("q", 5, 0)]
+    # a meta-judge with no preference beyond the position gives no pair
+    pairs, m = select_judge_pairs(rows, "sampled", probabilities_from(lambda a, b: 0.9), "calibrated", CFG)
+    assert pairs == [] and m["dropped_elo_tie"] == 2
+    with pytest.raises(ValueError, match="calibrated"):
+        select_judge_pairs(rows, "sampled", verdicts_from(lambda a, b: "A"), "calibrated", CFG)
+
+
+def test_calibrated_needs_the_probability_readout():
+    from srlm.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match="meta.verdict: probability"):
+        parse_params({"meta": {"position": "calibrated", "verdict": "sampled"}})
 
 
 def test_the_filters():
@@ -202,14 +238,15 @@ def test_meta_verdicts_on_the_tiny_model(tiny, mode):
     got = meta_verdicts(gen, items, mode, sampling)
     prompts = [chat_prompt(tok, meta_judge_prompt(*it)) for it in items]
     if mode == "sampled":
-        assert got == [parse_meta_verdict(gen.generate([p], sampling)[0][0].text) for p in prompts]
+        want = [parse_meta_verdict(gen.generate([p], sampling)[0][0].text) for p in prompts]
+        assert got == [{"verdict": v, "p_a": None} for v in want]
         return
     anchor, targets = label_tokens(tok, "Winner: Judgement", ["A", "B"])
     for p, v in zip(prompts, got):
         ids = tok(p, add_special_tokens=False).input_ids + tok(anchor, add_special_tokens=False).input_ids
         with torch.inference_mode():
             pa, pb = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)[targets].tolist()
-        assert v == ("A" if pa > pb else "B")
+        assert v["verdict"] == ("A" if pa > pb else "B") and v["p_a"] == pytest.approx(pa / (pa + pb), abs=2e-4)
 
 
 def test_dpo_trains_on_the_actor_pairs_plus_the_judge_pairs(tmp_path, monkeypatch):

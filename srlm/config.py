@@ -217,7 +217,7 @@ class CreamConfig:
 class MetaConfig:
     """method: meta (Meta-Rewarding, Wu et al. 2024): the meta-judge's judge pairs (srlm.judge_pairs)."""
 
-    judge_iterations: list = field(default_factory=lambda: [1, 2])  # the paper: judge pairs in iterations 1-2 only
+    judge_iterations: list[int] = field(default_factory=lambda: [1, 2])  # the paper: judge pairs in iterations 1-2 only
     # probability: p(A) vs p(B) after `Winner: Judgement` (one forward per order); sampled: the paper's written
     # verdict, parsed (failures counted)
     verdict: Literal["probability", "sampled"] = "probability"
@@ -234,7 +234,7 @@ class MetaConfig:
 
     def __post_init__(self):
         its = self.judge_iterations
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in its):
+        if not all(t >= 1 for t in its):
             raise ConfigError(f"params.yaml: meta.judge_iterations = {its!r} should be a list of iteration numbers")
         if self.position == "calibrated" and self.verdict != "probability":
             raise ConfigError(
@@ -388,11 +388,12 @@ def _coerce(typ, value, path, bound: str | None = None):
         if not isinstance(value, dict):
             raise ConfigError(f"params.yaml: {path} should be a mapping")
         return value
-    if typ is list:  # lists of names; MetaConfig checks its list of numbers itself
-        if path == "meta.judge_iterations" and isinstance(value, list):
-            return value
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"params.yaml: {path} should be a list of names")
+    if typ is list or get_origin(typ) is list:  # bare `list`: a list of names
+        item = get_args(typ)[0] if get_args(typ) else str
+        ok = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if not ok:
+            what = "names" if item is str else "integers"
+            raise ConfigError(f"params.yaml: {path} should be a list of {what}, got {value!r}")
         return value
     return value
 

@@ -25,8 +25,9 @@ from scipy.optimize import minimize
 from scipy.special import log_expit
 
 from .metrics import round_half_up, score_histogram
+from .pairing import by_prompt
 from .prompts import judge_prompt
-from .scores import _before_score
+from .scores import _before_score, calibrated_preference
 
 PRIOR = 0.01  # λ in −Σ B_mn log σ(ε_m − ε_n) + λ/2 Σ ε²: a tie-breaker, not an opinion
 
@@ -94,7 +95,7 @@ def battle_matrix(n: int, verdicts: dict[tuple[int, int], str | None], position:
         if position == "calibrated":
             if p_a is None or p_a.get((m, k)) is None or p_a.get((k, m)) is None:
                 raise ValueError("position='calibrated' needs p(A) of both orders (meta.verdict: probability)")
-            p = (p_a[(m, k)] + 1 - p_a[(k, m)]) / 2
+            p = calibrated_preference(p_a[(m, k)], p_a[(k, m)])
             b[m, k] += p
             b[k, m] += 1 - p
         elif position == "weights":
@@ -192,13 +193,11 @@ def select_judge_pairs(judged: list[dict], readout: str, verdict_of, position: s
     (instruction, response, judgment A, judgment B) tuples and returns, for each, {"verdict": "A" / "B" /
     None, "p_a": p(A) or None} (`srlm.judging.meta_verdicts`).
     `cfg`: max_chosen_chars, max_score_share. Returns the pairs and their metrics."""
-    by_prompt: dict[str, list[dict]] = defaultdict(list)
-    for r in judged:
-        by_prompt[r["prompt_id"]].append(r)
+    groups = by_prompt(judged)
     picked = []
-    counts = Counter(prompts=len(by_prompt))
-    for pid in sorted(by_prompt):
-        cand, idx = uncertain_candidate(by_prompt[pid], readout)
+    counts = Counter(prompts=len(groups))
+    for cands in groups.values():
+        cand, idx = uncertain_candidate(cands, readout)
         if cand is None:
             counts["dropped_no_spread"] += 1
             continue

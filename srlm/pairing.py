@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from .scores import is_top_score
 
 
-def _by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
+def by_prompt(judged: list[dict]) -> dict[str, list[dict]]:
+    """Judged rows grouped by prompt id (sorted), each group in candidate-id order."""
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in judged:
         by_prompt[row["prompt_id"]].append(row)
@@ -53,7 +54,7 @@ def select_pairs(
         return c["score"], sec(c)
 
     pairs, counts = [], Counter()
-    groups = _by_prompt(judged)
+    groups = by_prompt(judged)
     for pid, cands in groups.items():
         valid = [c for c in cands if c["score"] is not None]
         if len(valid) < min_valid:

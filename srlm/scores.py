@@ -221,11 +221,16 @@ def combine_orders(first: str | None, second: str | None) -> str:
     return "tie"
 
 
+def calibrated_preference(p_a_ab: float, p_a_ba: float) -> float:
+    """p(X better) from p(A) with X shown first (`p_a_ab`) and with Y shown first (`p_a_ba`):
+    (p_a_ab + 1 - p_a_ba) / 2 averages out a constant preference for a position (balanced position
+    calibration)."""
+    return (p_a_ab + 1 - p_a_ba) / 2
+
+
 def calibrated_outcome(p_a_ab: float, p_a_ba: float) -> str:
-    """X's outcome from p(A) with X shown first (`p_a_ab`) and with Y shown first (`p_a_ba`):
-    p(X better) = (p_a_ab + 1 - p_a_ba) / 2 averages out a constant preference for a position
-    (balanced position calibration); X wins above ½, loses below, ties at exactly ½."""
-    p = (p_a_ab + 1 - p_a_ba) / 2
+    """X's outcome from `calibrated_preference`: X wins above ½, loses below, ties at exactly ½."""
+    p = calibrated_preference(p_a_ab, p_a_ba)
     return "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
 
 

@@ -28,6 +28,7 @@ def run(params, key, it):
     with stage_run("pairs", stage.tracked(params, PARAMS), iteration=key):
         judged = source.read()
         _check_scores(judged, source.path)
+        rho = rho_for(cfg.length_rho, key) if cfg.mode == "preference" else None
         if cfg.mode == "preference":
             # tie_break: other_readout lets the readout not used for `score` decide ties (opt-in).
             other = "sampled_score" if params.judge.scoring == "expected" else "expected_score"
@@ -35,7 +36,7 @@ def run(params, key, it):
                 judged,
                 cfg.min_valid,
                 other if cfg.tie_break == "other_readout" else None,
-                rho_for(cfg.length_rho, key),
+                rho,
                 cfg.truncated_chosen,
             )
         else:
@@ -48,7 +49,7 @@ def run(params, key, it):
                 f"Check {source.path}: the judge may not be producing 'Score: N'."
             )
         metrics = dict(counts) | {"mode": cfg.mode, "scored_rate": scored_rate, "method": params.method}
-        metrics["length_rho"] = rho_for(cfg.length_rho, key) if cfg.mode == "preference" else None
+        metrics["length_rho"] = rho
         if cfg.mode == "preference":
             metrics |= {
                 "chosen_chars_mean": mean(len(r["chosen"]) for r in rows),

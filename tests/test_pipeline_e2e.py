@@ -281,19 +281,16 @@ def test_changing_judge_samples_reruns_only_judge_and_downstream(project):
     assert "judge.samples" in show
 
 
-def test_cream_reuses_the_generation_stages(project):
-    d, _ = project
-    # The workspace holds the judge.samples=2 experiment; CREAM on top of it must not resample or rejudge
-    # iteration 1, only add the previous model's judgments and retrain.
-    log = d.parent / "files-cream.jsonl"
-    exp = dvc(
-        ["exp", "run", "-n", "cream", "-S", "judge.samples=2", "-S", "method=cream"],
-        d,
-        SRLM_TRACKING="off",
-        SRLM_AUDIT_FILES=str(log),
-    )
-    # judge_prev and pairs rerun; what follows reruns only where an output changed (C = 1 on every pair of
-    # an iteration is plain DPO, the same M2); never sampling or judging of iteration 1
+def switch_method(d, name, *settings):
+    """`dvc exp run -n <name>` with judge.samples=2 (the workspace's experiment) and `settings`: the stages
+    that read `method` rerun (judge_prev, meta_judge, pairs, dpo of iteration 1, the report); what follows
+    reruns only where an output changed (e.g. the same M2); never the prompts, sampling or judging of
+    iteration 1. No stage reads a file it does not declare."""
+    log = d.parent / f"files-{name}.jsonl"
+    args = ["exp", "run", "-n", name, "-S", "judge.samples=2"]
+    for setting in settings:
+        args += ["-S", setting]
+    exp = dvc(args, d, SRLM_TRACKING="off", SRLM_AUDIT_FILES=str(log))
     certain = {"judge_prev@1", "judge_prev@2", "meta_judge@1", "meta_judge@2", "pairs@1", "dpo@1", "report"}
     downstream = certain | {
         "pairs@2",
@@ -306,7 +303,15 @@ def test_cream_reuses_the_generation_stages(project):
         "head_to_head@m3_vs_sft_baseline",
     }
     assert certain <= ran(exp.stdout) <= downstream, exp.stdout
-    assert not undeclared_files(d, log)  # judge_prev reads the previous model, which is its dep
+    assert not undeclared_files(d, log)
+
+
+def test_cream_reuses_the_generation_stages(project):
+    d, _ = project
+    # The workspace holds the judge.samples=2 experiment; CREAM on top of it must not resample or rejudge
+    # iteration 1, only add the previous model's judgments and retrain.
+    # judge_prev reads the previous model, which is its dep
+    switch_method(d, "cream", "method=cream")
     for t, prev in ((1, "m0"), (2, "m1")):  # iteration 1 compares with m0, as in CREAM's code
         pairs = read_jsonl(d / artifacts.pairs(t).path)
         assert pairs and all(0 <= p["consistency"] <= 1 for p in pairs)
@@ -333,26 +338,7 @@ def test_meta_rewarding_reuses_the_generation_stages(project):
     """-S method=meta on top of the CREAM experiment: the meta-judge and the length-controlled pairs are new,
     the prompts, candidates and judgments of iteration 1 are reused."""
     d, _ = project
-    log = d.parent / "files-meta.jsonl"
-    exp = dvc(
-        ["exp", "run", "-n", "meta", "-S", "judge.samples=2", "-S", "method=meta", "-S", "pairs.length_rho=[0.0,0.3]"],
-        d,
-        SRLM_TRACKING="off",
-        SRLM_AUDIT_FILES=str(log),
-    )
-    certain = {"judge_prev@1", "judge_prev@2", "meta_judge@1", "meta_judge@2", "pairs@1", "dpo@1", "report"}
-    downstream = certain | {
-        "pairs@2",
-        "dpo@2",
-        "sample@2",
-        "judge@2",
-        "eval_judge@m3",
-        "answer@m3",
-        "follow@m3",
-        "head_to_head@m3_vs_sft_baseline",
-    }
-    assert certain <= ran(exp.stdout) <= downstream, exp.stdout
-    assert not undeclared_files(d, log)
+    switch_method(d, "meta", "method=meta", "pairs.length_rho=[0.0,0.3]")
     compared = 0
     for t, rho in ((1, 0.0), (2, 0.3)):
         # the tiny judge's expected scores barely vary, so few candidates have judgments to compare and the

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from .judging import judge_responses, pairwise_verdicts
 from .metrics import (
+    LENGTH_SPLIT,
     TABLE2_INTERVALS,
+    accuracy_by_length,
     bootstrap_intervals,
     follow_metrics,
     head_to_head_summary,
@@ -52,7 +54,12 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
     for readout in ("direct",) if scoring == "direct" else ("sampled", "expected"):
         key = f"{readout}_score"
         by_set = [
-            {"id": s["id"], "ranks": [r["rank"] for r in rs], "scores": [r[key] for r in rs]}
+            {
+                "id": s["id"],
+                "ranks": [r["rank"] for r in rs],
+                "scores": [r[key] for r in rs],
+                "lengths": [len(r["response"]) for r in rs],
+            }
             for s, rs in zip(sets, set_rows)
         ]
         scores = [r[key] for r in rows]
@@ -62,12 +69,27 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
         )
         parts = (
             reward_model_metrics(by_set, readout) | intervals,
+            accuracy_by_length(by_set) | bootstrap_intervals(by_set, accuracy_by_length, LENGTH_SPLIT, sampling.seed),
             length_bias(scores, lengths, set_ids),
             score_histogram(scores),
         )
         for part in parts:
             metrics |= {f"{readout}_{k}": v for k, v in part.items()}
-    return rows, metrics
+    return rows, metrics | length_only_baseline(sets, sampling.seed)
+
+
+def length_only_baseline(sets: list[dict], seed: int) -> dict:
+    """A judge that scores each response by its length, on the same sets and resamples: a model's judge must
+    beat it (and chance) to count. The built-in ranked sets are written so that length does not predict rank."""
+    by_set = [
+        {"ranks": [r["rank"] for r in s["responses"]], "scores": [len(r["text"]) for r in s["responses"]]} for s in sets
+    ]
+    m = reward_model_metrics(by_set, per_set=False) | bootstrap_intervals(
+        by_set, lambda ss: reward_model_metrics(ss, per_set=False), ["pairwise_accuracy"], seed
+    )
+    return {
+        f"length_only_{k}": m[k] for k in ("pairwise_accuracy", "pairwise_accuracy_ci_low", "pairwise_accuracy_ci_high")
+    }
 
 
 def answer_prompts(generator, prompts: list[dict], sampling, name: str) -> tuple[list[dict], dict]:

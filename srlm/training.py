@@ -1,5 +1,5 @@
-"""SFT and DPO with TRL's trainers (CREAM's loss: srlm.cream); LoRA through peft, merged into a plain
-checkpoint at the end.
+"""SFT and DPO with TRL's trainers (CREAM's loss: srlm.cream); LoRA through peft, the result stored as its adapter
+on the full checkpoint it started from (srlm.modeling.stacked_adapter), full fine-tuning as a full checkpoint.
 
 A training stage runs in its own process by default (CPU, one GPU), or on several (srlm.launch); only
 the main process writes outputs, metrics and the MLflow run. Trainer checkpoints go to a work
@@ -27,7 +27,7 @@ from . import cream, progress
 from .config import ConfigError, DistributedConfig, DpoConfig, TrainConfig
 from .io import DataError, atomic_dir, file_sha256
 from .launch import is_main_process
-from .modeling import context_length, load_model, resolve_precision
+from .modeling import context_length, load_model, resolve_precision, save_adapter, stacked_adapter, weight_dirs
 from .tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def checkpoint_dir(
     stage: str, tracked: dict, model_dir: str | Path, examples: list[dict], dist: DistributedConfig
 ) -> Path:
     """A training stage's checkpoint folder (srlm.progress.work_dir), keyed by what its result depends on: the
-    stage's tracked params, the exact training examples, the start model's files, this module's and srlm.cream's
+    stage's tracked params, the exact training examples, the start model's files (an adapter's and its base's),
+    this module's and srlm.cream's
     code and the process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
     digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     key = tracked | {
@@ -49,7 +50,8 @@ def checkpoint_dir(
         "code": [file_sha256(__file__), file_sha256(cream.__file__)],
         "processes": [dist.num_processes, dist.num_machines],
     }
-    return progress.work_dir(stage, key, [model_dir] + ([dist.config_file] if dist.num_processes > 1 else []))
+    start = weight_dirs(model_dir)  # an adapter and its base
+    return progress.work_dir(stage, key, start + ([dist.config_file] if dist.num_processes > 1 else []))
 
 
 def _step(ckpt: Path) -> int:
@@ -237,8 +239,8 @@ def _precision(choice: str) -> dict:
 def _base_dtype(cfg: TrainConfig) -> str:
     """The dtype the start model is loaded in for training. LoRA in bf16 holds the frozen base weights in bf16
     (the adapter stays fp32, for the optimizer): autocast would otherwise cast every fp32 weight to bf16 at every
-    step, for the same bf16 products. Full fine-tuning keeps fp32 master weights. The trained adapter is merged
-    into the fp32 base (_save), so a small update is not rounded away."""
+    step, for the same bf16 products. Full fine-tuning keeps fp32 master weights. The trained adapter is stored
+    in fp32 and merged into the fp32 base when the model is loaded, so a small update is not rounded away."""
     return "bfloat16" if cfg.lora.enabled and resolve_precision(cfg.precision) == "bf16" else "float32"
 
 
@@ -302,18 +304,20 @@ def _save(trainer, tokenizer, out_dir: Path, model_dir: Path, cfg: TrainConfig, 
     if not acc.is_main_process:
         return
     if cfg.lora.enabled:
-        # Fold the trained adapter into the fp32 base weights, not into the bf16 copies it trained against
-        # (_base_dtype): a DPO step's update is often below bf16's resolution of a weight.
-        from peft import get_peft_model
-
+        # The adapter alone, in fp32, stacked on the start model's own adapter (srlm.modeling.stacked_adapter): the
+        # model is its base plus every update since, merged in fp32 when loaded, so a DPO step's update, often
+        # below bf16's resolution of a weight, is not rounded away.
         trained = getattr(acc.unwrap_model(trainer.model), "peft_config", {}).get("default") or _peft_config(cfg)
-        model = get_peft_model(load_model(model_dir, trust_remote_code=trust_remote_code)[0], trained)
-        adapter = {k: v for k, v in state.items() if "lora_" in k or ".modules_to_save." in k}
-        missing, unexpected = model.load_state_dict(adapter, strict=False)
-        if unexpected or not adapter or any("lora_" in k for k in missing):
-            raise RuntimeError(f"the trained adapter does not fit the base model: unexpected {unexpected[:3]}")
-        model = model.merge_and_unload()
-    elif acc.num_processes == 1:
+        adapter = {k: v for k, v in state.items() if "lora_" in k}
+        if not adapter or any(".modules_to_save." in k for k in state):
+            raise RuntimeError(f"the trained model holds no plain LoRA adapter to store (keys: {list(state)[:3]})")
+        tensors, fields = stacked_adapter(model_dir, adapter, trained.lora_alpha / trained.r)
+        with atomic_dir(out_dir) as tmp:
+            save_adapter(tmp, tensors, fields)
+            tokenizer.save_pretrained(tmp)
+        progress.clear(trainer.args.output_dir)
+        return
+    if acc.num_processes == 1:
         model = trainer.model
     else:  # rebuild a plain copy of the trained model on rank 0 from the gathered weights
         model = load_model(model_dir, trust_remote_code=trust_remote_code)[0]

@@ -230,7 +230,7 @@ def test_train_dpo_end_to_end(model_dir, tmp_path, monkeypatch, mode):
     metrics = train_dpo(
         model_dir, tmp_path / "out", dpo_examples(rows), _cfg(), seed=0, work_dir=tmp_path / "work", consistency=mode
     )
-    assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "work").exists()
+    assert (tmp_path / "out" / "adapter_config.json").is_file() and not (tmp_path / "work").exists()
     assert metrics["steps"] == 2 and math.isfinite(metrics["train_loss"])
     values = sorted(torch.cat(seen).tolist()) if seen else []
     if mode == "none":

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from srlm import launch, training
 from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, derive_seed, parse_params
@@ -81,7 +80,7 @@ def run_stage(d: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def max_diff(a: Path, b: Path) -> float:
-    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    x, y = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()  # a LoRA model is stored as its adapter
     assert x.keys() == y.keys()
     return max((x[k] - y[k]).abs().max().item() for k in x)
 
@@ -116,7 +115,8 @@ def test_sft_with_lora_on_two_processes_equals_one_process_with_the_double_batch
     with sqlite3.connect(d / "mlflow.db") as db:  # one MLflow run per stage execution, rank 0's
         assert db.execute("select name from runs").fetchall() == [("sft_baseline",)]
     assert not any((d / ".srlm/progress/sft_baseline").glob("*")), "checkpoints are removed after success"
-    assert not list((d / "models/sft_baseline").glob("adapter*"))  # LoRA merged: a plain checkpoint
+    assert (d / "models/sft_baseline/adapter_model.safetensors").is_file()  # LoRA: the adapter alone is stored
+    assert not (d / "models/sft_baseline/model.safetensors").exists()
     generates(d / "models/sft_baseline")
 
     # One process with batch 4 sees the same 4 examples per step: the same loss and, up to float sums, weights.

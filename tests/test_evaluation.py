@@ -4,6 +4,7 @@ import math
 import pytest
 
 from srlm.metrics import (
+    accuracy_by_length,
     bootstrap_intervals,
     head_to_head_summary,
     length_bias,
@@ -180,6 +181,26 @@ def test_longer_wins_rate():
     assert longer_wins_rate(pairs) == pytest.approx(2 / 3)
     assert math.isnan(longer_wins_rate([(4, 4, 1, 2)]))
     assert math.isnan(longer_wins_rate([]))
+
+
+def test_accuracy_by_length_splits_pairs_by_the_preferred_responses_length():
+    # ranks 0 (best) .. ; lengths; scores: correct on the pair where the best is shorter, wrong (tie) where it is
+    # longer, a missing score counts as wrong, a human tie and an equal length are left out
+    sets = [
+        {"ranks": [0, 1], "lengths": [10, 50], "scores": [4, 2]},  # preferred shorter, right
+        {"ranks": [0, 1], "lengths": [90, 20], "scores": [3, 3]},  # preferred longer, judge tie: wrong
+        {"ranks": [1, 0], "lengths": [30, 80], "scores": [1, None]},  # preferred longer, missing: wrong
+        {"ranks": [0, 0, 1], "lengths": [5, 40, 40], "scores": [5, 1, 2]},  # (0,1) human tie; (1,2) equal length
+    ]
+    m = accuracy_by_length(sets)
+    # set 4 leaves (0,2): best 5 chars vs 40, scores 5 > 2: preferred shorter, right
+    assert (m["pairs_preferred_shorter"], m["accuracy_preferred_shorter"]) == (2, 1.0)
+    assert (m["pairs_preferred_longer"], m["accuracy_preferred_longer"]) == (2, 0.0)
+    # a length-only judge is right on every "preferred longer" pair and wrong on every other
+    by_len = [dict(s, scores=s["lengths"]) for s in sets]
+    assert accuracy_by_length(by_len)["accuracy_preferred_shorter"] == 0.0
+    assert accuracy_by_length(by_len)["accuracy_preferred_longer"] == 1.0
+    assert math.isnan(accuracy_by_length([])["accuracy_preferred_longer"])
 
 
 # ---------------------------------------------------------------- head-to-head (Figure 3)

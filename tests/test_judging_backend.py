@@ -133,3 +133,7 @@ def test_table2_under_the_direct_readout(gen):
     assert metrics["parse_rate"] is None and metrics["direct_pairs"] == 3
     assert 0 <= metrics["direct_pairwise_accuracy"] <= 1 and "direct_pairwise_accuracy_ci_low" in metrics
     assert not any(k.startswith("sampled_") for k in metrics)
+    # every human-preferred response is longer than "No.": the split has only that side; length alone is right
+    assert metrics["direct_pairs_preferred_longer"] == 3 and metrics["direct_pairs_preferred_shorter"] == 0
+    assert metrics["direct_accuracy_preferred_longer"] == metrics["direct_pairwise_accuracy"]
+    assert metrics["length_only_pairwise_accuracy"] == 1.0

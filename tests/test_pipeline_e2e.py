@@ -1,6 +1,7 @@
 """`dvc repro` of the whole DAG on the tiny model, then the caching behaviour users rely on."""
 
 import json
+import math
 import re
 import sys
 
@@ -70,7 +71,9 @@ def project(repro_project):
 def test_repro_runs_every_stage_and_produces_m3(project):
     d, out = project
     assert ran(out) == set(ALL_STAGES)
-    assert (d / artifacts.model_dir("m3") / "model.safetensors").is_file()
+    m3 = d / artifacts.model_dir("m3")  # LoRA: the adapter on models/m0, every iteration's update stacked
+    assert json.loads((m3 / "adapter_config.json").read_text())["base_model_name_or_path"] == "../m0"
+    assert not (m3 / "model.safetensors").exists()
     assert load_tokenizer(d / artifacts.model_dir("m3")).chat_template  # refuses a checkpoint without one
     left = sorted(str(p.relative_to(d)) for p in (d / ".srlm/progress").rglob("*"))
     assert not left, f"progress a stage did not remove: {left}"  # every generating and training stage clears its own
@@ -121,6 +124,10 @@ def test_the_repro_is_one_mlflow_parent_run_with_its_models_registered(project):
     assert accuracy[best] == max(accuracy.values())
 
 
+def _pct(v) -> str:  # the report's cell for a rate (–: undefined, e.g. no pair on that side)
+    return "–" if v is None or math.isnan(v) else f"{100 * v:.1f}"
+
+
 def test_report_is_built_from_the_stage_outputs(project):
     d, _ = project
     report = (d / "reports/report.md").read_text()
@@ -131,6 +138,12 @@ def test_report_is_built_from_the_stage_outputs(project):
         row = table(report, "model | pairwise acc %", m)  # the Table-2 row shows the stage's numbers
         assert float(row["pairwise acc %"]) == pytest.approx(100 * judge[f"{readout}_pairwise_accuracy"], abs=0.05)
         assert float(row["parse rate %"]) == pytest.approx(100 * judge["parse_rate"], abs=0.05)
+        length_only = table(report, "model | pairwise acc %", "length only (no model)")  # same sets for every model
+        assert float(length_only["pairwise acc %"]) == pytest.approx(
+            100 * judge["length_only_pairwise_accuracy"], abs=0.05
+        )
+        split = table(report, "model | preferred shorter %", m)
+        assert split["preferred longer %"] == _pct(judge[f"{readout}_accuracy_preferred_longer"])
         alpaca = json.loads((d / artifacts.alpaca_eval(m)).read_text())
         assert len(alpaca) == 3 and set(alpaca[0]) == {"instruction", "output", "generator"}
     h2h = json.loads((d / artifacts.matchup_metrics("m3_vs_sft_baseline")).read_text())
@@ -249,7 +262,7 @@ def test_a_teammate_pulls_the_run_from_a_shared_remote(project, tmp_path):
     run(["git", "clone", "-q", str(d), str(clone)], tmp_path)
     assert not (clone / "models/m3").exists()
     dvc(["pull"], clone)
-    for f in ("models/m3/model.safetensors", "data/it2/pairs.jsonl", "data/eval/m3/responses.jsonl"):
+    for f in ("models/m3/adapter_model.safetensors", "data/it2/pairs.jsonl", "data/eval/m3/responses.jsonl"):
         assert (clone / f).read_bytes() == (d / f).read_bytes()
     status = dvc(["status"], clone).stdout
     assert "up to date" in status, status

@@ -43,9 +43,10 @@ def test_bf16_training_ends_within_two_percent_of_fp32s_loss(runs):
     assert fp32["final_loss"] < fp32["first_loss"] and bf16["final_loss"] < bf16["first_loss"]  # both learn
 
 
-def test_lora_in_bf16_trains_a_bf16_base_and_saves_an_fp32_merge(runs, tiny_model_dir, tmp_path):
-    """The frozen base is held in bf16 while training (no per-step casts), but the adapter is merged into the
-    fp32 start weights: weights LoRA does not touch come out bit-identical, not rounded to bf16."""
+def test_lora_in_bf16_trains_a_bf16_base_and_loads_as_an_fp32_merge(runs, tiny_model_dir, tmp_path):
+    """The frozen base is held in bf16 while training (no per-step casts), but the fp32 adapter is stored and merged
+    into the fp32 start weights when loaded: weights LoRA does not touch come out bit-identical, not rounded to
+    bf16."""
     import torch
     from safetensors.torch import load_file
 
@@ -73,7 +74,11 @@ def test_lora_in_bf16_trains_a_bf16_base_and_saves_an_fp32_merge(runs, tiny_mode
         seed=3,
         work_dir=tmp_path / "w",
     )
-    saved = load_file(tmp_path / "m" / "model.safetensors")
+    from srlm.modeling import load_model
+
+    assert not (tmp_path / "m" / "model.safetensors").exists()  # the adapter alone is stored
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "m" / "adapter_model.safetensors").values())
+    saved = load_model(tmp_path / "m")[0].state_dict()
     norm = next(k for k in start if k.endswith("norm.weight"))
     assert saved[norm].dtype == torch.float32 and torch.equal(saved[norm], start[norm])
     assert not torch.equal(start[norm], start[norm].bfloat16().float())  # the test could tell a bf16 round trip

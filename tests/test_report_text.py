@@ -47,3 +47,28 @@ def test_runs_that_differ_only_in_seed_are_grouped_for_their_spread():
         "s3": (parse_params({"seed": 3}), None),
     }
     assert _seed_groups(runs) == [["s1", "s2", "s3"]]
+
+
+def test_a_judge_counts_only_above_chance_and_the_length_only_judge():
+    from srlm.report import _beats_judge_free, _length_only_row
+
+    def model(name, lo, hi, length=0.58):
+        return {
+            "model": name,
+            "direct_pairwise_accuracy_ci_low": lo,
+            "direct_pairwise_accuracy_ci_high": hi,
+            "length_only_pairwise_accuracy": length,
+            "length_only_pairwise_accuracy_ci_low": length - 0.04,
+            "length_only_pairwise_accuracy_ci_high": length + 0.04,
+        }
+
+    # m1 is above chance but not above length alone (58 %); m2 clears both; m0 is below chance
+    models = [model("m0", 0.38, 0.48), model("m1", 0.52, 0.66), model("m2", 0.6, 0.7)]
+    text = _beats_judge_free(models, "direct")
+    assert "shown for m2 (" in text and "m1" not in text.split("Below")[0]
+    assert "Below chance by its 95 % interval" in text and text.endswith(": m0.")
+    none = _beats_judge_free(models[:2], "direct")
+    assert "no model's judge is shown to beat them at this size" in none
+    assert _length_only_row(models)[0][:3] == ["length only (no model)", "58.0", "[54.0, 62.0]"]
+    # metrics from before the baseline existed: no row, no sentence
+    assert _length_only_row([{"model": "m0"}]) == [] and _beats_judge_free([{"model": "m0"}], "direct") == ""

@@ -6,6 +6,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from leakage import assert_no_leak, assert_project_has_no_leak
+from srlm.io import read_jsonl
 from srlm.seed import BUILTIN_DIR, limit, load_gold, load_ift, load_oasst1, load_ranked, oasst1_split, split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "oasst1_messages.jsonl"
@@ -44,6 +45,31 @@ def test_builtin_gold_judgments_span_scores_and_decouple_length():
     rho = spearmanr([g["score"] for g in gold], [len(g["response"].split()) for g in gold]).statistic
     assert abs(rho) < 0.2, rho
     assert all(g["judgment"].rstrip().endswith(f"Score: {g['score']}") for g in gold)
+
+
+def test_length_contrast_judgments_pair_a_good_and_a_bad_answer_of_opposite_lengths():
+    """bench/judge_curve.py's EFT data against the length cue: per instruction, one good and one bad response of
+    very different lengths, half with the brief one good; no instruction near any other built-in one."""
+    recs = load_gold(BUILTIN_DIR / "length_contrast.jsonl")
+    by = {}
+    for r in recs:
+        by.setdefault(r["instruction"], []).append(r)
+    assert len(recs) == 96 and len(by) == 48 and all(len(v) == 2 for v in by.values())
+    brief_good = 0
+    for pair in by.values():
+        good, bad = sorted(pair, key=lambda r: -r["score"])
+        assert good["score"] >= 4 and bad["score"] <= 2 and good["judgment"].endswith(f"Score: {good['score']}")
+        short, long_ = sorted((len(r["response"]) for r in pair))
+        assert long_ > 3 * short
+        brief_good += len(good["response"]) == short
+    assert brief_good == 24
+    assert abs(spearmanr([r["score"] for r in recs], [len(r["response"]) for r in recs]).statistic) < 0.15
+    others = {
+        r["instruction"]
+        for name in ("ift", "ranked", "gold_judgments", "verifiable")
+        for r in read_jsonl(BUILTIN_DIR / f"{name}.jsonl", None)
+    }
+    assert_no_leak(set(by), others)
 
 
 def test_split_is_seeded_disjoint_and_order_free():

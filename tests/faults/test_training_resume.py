@@ -157,7 +157,10 @@ def run_in_process(d: Path, st: Stage = SFT, params: str = "params.yaml", spy: l
             del os.environ["SRLM_TRACKING"]
         else:
             os.environ["SRLM_TRACKING"] = tracking
-    return load_file(d / st.out / "model.safetensors")
+    out = d / st.out  # LoRA: the stored adapter's tensors, compared exactly
+    return load_file(
+        out / ("adapter_model.safetensors" if (out / "adapter_config.json").is_file() else "model.safetensors")
+    )
 
 
 def checkpoints(d: Path, st: Stage = SFT) -> list[Path]:

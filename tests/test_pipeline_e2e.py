@@ -352,14 +352,22 @@ def test_meta_rewarding_reuses_the_generation_stages(project):
     the prompts, candidates and judgments of iteration 1 are reused."""
     d, _ = project
     switch_method(d, "meta", "method=meta", "pairs.length_rho=[0.0,0.3]")
-    compared = 0
+    compared = spread = 0
     for t, rho in ((1, 0.0), (2, 0.3)):
-        # the tiny judge's expected scores barely vary, so few candidates have judgments to compare and the
-        # judgments' rounded scores tie: the judge pairs themselves are tested in tests/test_judge_pairs.py
+        # the tiny judge's expected scores barely vary (a judgment that is only "Score: N" reads the same
+        # expected score as any other), so few prompts, or none, have a candidate whose judgments differ: the
+        # judge pairs themselves are tested in tests/test_judge_pairs.py, the verdicts on the tiny model too
         meta = json.loads((d / artifacts.iteration_metrics(t, "meta_judge")).read_text())
         judge_pairs = read_jsonl(d / artifacts.judge_pairs(t).path, allow_empty=True)
         assert meta["method"] == "meta" and meta["comparisons"] == 2 * meta["candidates_compared"]  # k = 2
         assert meta["candidates_compared"] + meta.get("dropped_no_spread", 0) == meta["prompts"] > 0
+        differ = {  # prompts with a whole candidate whose judgments' expected scores differ: each gives one compared
+            c["prompt_id"]
+            for c in read_jsonl(d / artifacts.judgments(t).path)
+            if c["finish_reason"] != "length" and len({x for x in c["expected_scores"] if x is not None}) > 1
+        }
+        assert meta["candidates_compared"] == len(differ)
+        spread += len(differ)
         assert meta["judge_pairs"] == len(judge_pairs)
         compared += meta["comparisons"]
         assert all(p["kind"] == "judge" and p["chosen_score"] != p["rejected_score"] for p in judge_pairs)
@@ -367,7 +375,7 @@ def test_meta_rewarding_reuses_the_generation_stages(project):
         assert dpo["judge_pairs"] + dpo["judge_pairs_left_out"] == len(judge_pairs)
         assert dpo["judge_pairs"] <= dpo["actor_pairs"]  # meta.max_judge_share: 0.5
         assert json.loads((d / artifacts.iteration_metrics(t, "pairs")).read_text())["length_rho"] == rho
-    assert compared > 0  # the meta-judge did read verdicts
+    assert compared > 0 or not spread  # the meta-judge read verdicts wherever it had judgments to compare
     report = (d / "reports/report.md").read_text()
     assert "(Meta-Rewarding)" in report and "## Meta-judge per iteration" in report
     # leaving the meta-judge's iterations reruns it (now a no-op) and the training, never the judging

@@ -182,6 +182,11 @@ def save_adapter(out_dir: str | Path, tensors: dict, fields: dict) -> None:
         task_type="CAUSAL_LM",
         base_model_name_or_path=base,
     ).save_pretrained(str(out_dir))
+    # peft holds target_modules as a set, written in hash order: sorted, the file is the same on every run (DVC)
+    path = Path(out_dir) / ADAPTER_CONFIG
+    cfg = json.loads(path.read_text())
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def merged_checkpoint(model_dir: str | Path, cache: str | Path = ".srlm/merged") -> Path:

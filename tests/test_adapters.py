@@ -137,3 +137,23 @@ def test_merge_writes_a_plain_checkpoint_for_other_tools(chain, tmp_path):
         text=True,
     )
     assert bad.returncode != 0 and "not a model checkpoint (no config.json)" in bad.stderr
+
+
+def test_the_adapter_files_are_the_same_whatever_the_hash_seed(chain, tmp_path):
+    """DVC compares outputs by hash across runs: peft's set of target modules must not leak hash order."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from safetensors.torch import load_file; from srlm.modeling import save_adapter, stacked_adapter;"
+        "t, f = stacked_adapter(sys.argv[1], load_file(sys.argv[1] + '/adapter_model.safetensors'), 1.0);"
+        "save_adapter(sys.argv[2], t, f)"
+    )
+    texts = set()
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        out.mkdir()
+        env = {"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}
+        subprocess.run([sys.executable, "-c", code, str(chain / "m1"), str(out)], check=True, env=env)
+        texts.add((out / "adapter_config.json").read_text() + str((out / ADAPTER_WEIGHTS).read_bytes().__hash__()))
+    assert len(texts) == 1

@@ -31,17 +31,10 @@ from pathlib import Path
 
 from srlm import artifacts, seed
 from srlm.config import derive_seed, load_params
-from srlm.evaluation import judge_ranked_sets
+from srlm.evaluation import judge_ranked_sets, ranked_set_metrics
 from srlm.generation import make_generator
 from srlm.io import write_json
-from srlm.metrics import (
-    LENGTH_SPLIT,
-    TABLE2_INTERVALS,
-    accuracy_by_length,
-    bootstrap_intervals,
-    missing,
-    reward_model_metrics,
-)
+from srlm.metrics import missing
 from srlm.prompts import NearDuplicates, judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.training import sft_examples, train_sft
@@ -97,17 +90,6 @@ def training_pairs(v: Variant, ift: list[dict], gold: list[dict], contrast: list
     return pairs
 
 
-def readout_metrics(sets: list[dict], seed_: int) -> dict:
-    """Table 2's numbers with intervals over the sets, and the split by length; `sets` as reward_model_metrics
-    takes them, plus each response's length."""
-    return (
-        reward_model_metrics(sets, "expected")
-        | bootstrap_intervals(sets, lambda ss: reward_model_metrics(ss, "expected", False), TABLE2_INTERVALS, seed_)
-        | accuracy_by_length(sets)
-        | bootstrap_intervals(sets, accuracy_by_length, LENGTH_SPLIT, seed_)
-    )
-
-
 def sets_with(held_out: list[dict], scores: list[list]) -> list[dict]:
     return [
         {
@@ -120,28 +102,24 @@ def sets_with(held_out: list[dict], scores: list[list]) -> list[dict]:
     ]
 
 
-def scores_per_set(rows: list[dict], held_out: list[dict], key: str) -> list[list]:
-    by = {}
-    for r in rows:
-        by.setdefault(r["set_id"], []).append(r[key])
-    return [by[s["id"]] for s in held_out]
-
-
 def evaluate(model_dir: Path, held_out: list[dict], args, params) -> dict:
     gen = make_generator("transformers", str(model_dir), params.generation.batch_size, dtype=args.dtype)
     cfg, s = params.judge, derive_seed(params.seed, "eval_judge")
     out, t = {}, time.time()
-    rows, _ = judge_ranked_sets(gen, held_out, SamplingParams(n=1, seed=s), "direct")
-    out["direct"] = readout_metrics(sets_with(held_out, scores_per_set(rows, held_out, "direct_score")), s)
-    out["direct"]["seconds"] = round(time.time() - t, 1)
+    _, m = judge_ranked_sets(gen, held_out, SamplingParams(n=1, seed=s), "direct")  # eval_judge's own metrics
+    out["direct"] = readout(m, "direct") | {"seconds": round(time.time() - t, 1)}
     few = held_out[: args.sampled_sets]
     if few:
         t = time.time()
-        rows, m = judge_ranked_sets(gen, few, SamplingParams.of(cfg, n=cfg.samples, seed=s), "expected")
-        for readout in ("sampled", "expected"):
-            out[readout] = readout_metrics(sets_with(few, scores_per_set(rows, few, f"{readout}_score")), s)
-            out[readout] |= {"parse_rate": m["parse_rate"], "seconds": round(time.time() - t, 1)}
+        _, m = judge_ranked_sets(gen, few, SamplingParams.of(cfg, n=cfg.samples, seed=s), "expected")
+        for name in ("sampled", "expected"):
+            out[name] = readout(m, name) | {"parse_rate": m["parse_rate"], "seconds": round(time.time() - t, 1)}
     return out
+
+
+def readout(metrics: dict, name: str) -> dict:
+    """One readout's metrics of judge_ranked_sets, without their `<readout>_` prefix."""
+    return {k.removeprefix(f"{name}_"): v for k, v in metrics.items() if k.startswith(f"{name}_")}
 
 
 def baselines(m0: Path, held_out: list[dict], args, params) -> dict:
@@ -155,8 +133,8 @@ def baselines(m0: Path, held_out: list[dict], args, params) -> dict:
     )
     logp = [[(lambda lp: sum(lp) / len(lp))(next(lps)) for _ in st["responses"]] for st in held_out]
     return {
-        "length": readout_metrics(sets_with(held_out, length), s),
-        "logp_m0": readout_metrics(sets_with(held_out, logp), s),
+        "length": ranked_set_metrics(sets_with(held_out, length), "expected", s),
+        "logp_m0": ranked_set_metrics(sets_with(held_out, logp), "expected", s),
     }
 
 

@@ -63,19 +63,28 @@ def judge_ranked_sets(generator, sets: list[dict], sampling, scoring: str) -> tu
             for s, rs in zip(sets, set_rows)
         ]
         scores = [r[key] for r in rows]
-        # 95 % intervals over the ranked sets, seeded by the stage's seed (the same for every model)
-        intervals = bootstrap_intervals(
-            by_set, lambda ss, ro=readout: reward_model_metrics(ss, ro, per_set=False), TABLE2_INTERVALS, sampling.seed
-        )
         parts = (
-            reward_model_metrics(by_set, readout) | intervals,
-            accuracy_by_length(by_set) | bootstrap_intervals(by_set, accuracy_by_length, LENGTH_SPLIT, sampling.seed),
+            ranked_set_metrics(by_set, readout, sampling.seed),
             length_bias(scores, lengths, set_ids),
             score_histogram(scores),
         )
         for part in parts:
             metrics |= {f"{readout}_{k}": v for k, v in part.items()}
     return rows, metrics | length_only_baseline(sets, sampling.seed)
+
+
+def ranked_set_metrics(by_set: list[dict], readout: str, seed: int) -> dict:
+    """Table 2's numbers for one readout (reward_model_metrics' sets, plus each response's "lengths"), the
+    accuracy split by the preferred response's length, and their 95 % intervals over the ranked sets, seeded (the
+    stage's seed: the same resamples for every model)."""
+    return (
+        reward_model_metrics(by_set, readout)
+        | bootstrap_intervals(
+            by_set, lambda ss: reward_model_metrics(ss, readout, per_set=False), TABLE2_INTERVALS, seed
+        )
+        | accuracy_by_length(by_set)
+        | bootstrap_intervals(by_set, accuracy_by_length, LENGTH_SPLIT, seed)
+    )
 
 
 def length_only_baseline(sets: list[dict], seed: int) -> dict:

@@ -42,8 +42,8 @@ def checkpoint_dir(
 ) -> Path:
     """A training stage's checkpoint folder (srlm.progress.work_dir), keyed by what its result depends on: the
     stage's tracked params, the exact training examples, the start model's files (an adapter's and its base's),
-    this module's and srlm.cream's
-    code and the process layout (a checkpoint of another layout does not load). A stale checkpoint is never resumed."""
+    this module's and srlm.cream's code and the process layout (a checkpoint of another layout does not load). A
+    stale checkpoint is never resumed."""
     digest = hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     key = tracked | {
         "examples": digest,

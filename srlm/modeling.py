@@ -174,19 +174,18 @@ def save_adapter(out_dir: str | Path, tensors: dict, fields: dict) -> None:
 
     base = os.path.relpath(fields["base"], out_dir)
     save_file(tensors, str(Path(out_dir) / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    LoraConfig(
+    cfg = LoraConfig(
         r=fields["r"],
         lora_alpha=fields["r"],
         lora_dropout=0.0,
         target_modules=fields["modules"],
         task_type="CAUSAL_LM",
         base_model_name_or_path=base,
-    ).save_pretrained(str(out_dir))
-    # peft holds target_modules as a set, written in hash order: sorted, the file is the same on every run (DVC)
-    path = Path(out_dir) / ADAPTER_CONFIG
-    cfg = json.loads(path.read_text())
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    ).to_dict()
+    # As peft's save_pretrained writes it, but a set (target_modules) sorted: peft lists it in hash order, and DVC
+    # compares outputs by hash across runs.
+    cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+    (Path(out_dir) / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def merged_checkpoint(model_dir: str | Path, cache: str | Path = ".srlm/merged") -> Path:

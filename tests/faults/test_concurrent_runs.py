@@ -27,6 +27,7 @@ def project(tmp_path_factory, tiny_model_dir):
         {"generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 24}},
     )
     shutil.copytree(tiny_model_dir, d / "models/m1")
+    shutil.copytree(tiny_model_dir, d / "models/m0")  # a dep of sample@1: the base a LoRA adapter applies to
     (d / "data/it1").mkdir(parents=True)
     (d / "data/it1/prompts.jsonl").write_text(
         "".join(json.dumps({"id": f"it1-p{i:04d}", "prompt": f"Write about item {i}"}) + "\n" for i in range(12))

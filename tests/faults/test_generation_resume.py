@@ -30,6 +30,7 @@ def project(tmp_path_factory, tiny_model_dir):
         {"generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 48}},
     )
     shutil.copytree(tiny_model_dir, d / "models/m1")
+    shutil.copytree(tiny_model_dir, d / "models/m0")  # a dep of sample@1: the base a LoRA adapter applies to
     words = "water sun code data list ideas short clear answer good".split()
     prompts = [
         {"id": f"it1-p{i:04d}", "prompt": f"Write about {words[i % 10]} and {words[(3 * i) % 10]} {i}"}

@@ -295,9 +295,15 @@ class DistributedConfig:
     # own process (CPU, one GPU). More: the stage reruns itself under `accelerate launch`.
     num_processes: int = positive(1)
     config_file: str = "configs/accelerate/fsdp.yaml"  # FSDP2; or configs/accelerate/deepspeed_zero3.yaml
-    num_machines: int = positive(1)
-    main_process_ip: str = ""  # num_machines > 1: machine 0's address, reachable from the others
-    main_process_port: int = positive(29500)
+    num_machines: int = positive(1)  # > 1 needs launcher: slurm
+    main_process_port: int = positive(29500)  # under Slurm, offset by the job and step ids
+    # Where the work runs; none of these change a result, so no stage's cache key holds them. local: in
+    # the stage's process. slurm: training and generation run as Slurm steps (srun), inside the allocation
+    # `dvc repro` runs in, or in one srun asks for (srun_args say what: partition, GPUs, time).
+    launcher: Literal["local", "slurm"] = "local"
+    srun_args: list = field(default_factory=list)  # e.g. [--partition=gpu, --gpus-per-node=8, --time=4:00:00]
+    # slurm: generation engines per node (each a share of the shards); 8 with tensor_parallel_size 1 on 8 GPUs
+    generation_tasks_per_node: int = positive(1)
 
 
 def _default_iterations() -> dict:
@@ -404,6 +410,11 @@ def parse_params(data: dict) -> Params:
     _check_evaluation(params.evaluation, params.iterations)
     _check_paths(params)
     _check_distributed(params.distributed)
+    if params.distributed.launcher == "slurm" and params.generation.dtype == "auto":
+        raise ConfigError(
+            "params.yaml: generation.dtype = 'auto' resolves on the machine `dvc repro` runs on, which under "
+            "distributed.launcher: slurm may not be the nodes that generate; set it (bfloat16 on GPUs)"
+        )
     if params.judge.scoring == "direct" and params.pairs.tie_break == "other_readout":
         raise ConfigError(
             "params.yaml: pairs.tie_break = 'other_readout' needs a second readout, and judge.scoring = 'direct' "
@@ -446,13 +457,21 @@ def _check_distributed(d: DistributedConfig) -> None:
             f"params.yaml: distributed.num_processes = {d.num_processes} must be a multiple of "
             f"distributed.num_machines = {d.num_machines} (the same number of processes on each)"
         )
-    if d.num_machines > 1 and not d.main_process_ip:
+    if d.num_machines > 1 and d.launcher != "slurm":
         raise ConfigError(
-            "params.yaml: distributed.main_process_ip is needed when num_machines > 1: "
-            "the address of machine 0, where `dvc repro` runs"
+            f"params.yaml: distributed.num_machines = {d.num_machines} needs distributed.launcher: slurm "
+            f"(Slurm starts each machine's share and names the main one; docs/scaling-up.md)"
         )
-    if not d.main_process_port < 65536:
-        raise ConfigError(f"params.yaml: distributed.main_process_port = {d.main_process_port} is not a port")
+    if not d.main_process_port < 65536 - (10000 if d.launcher == "slurm" else 0):
+        raise ConfigError(
+            f"params.yaml: distributed.main_process_port = {d.main_process_port} is not a port"
+            + (" (under Slurm, up to 10000 is added to it: at most 55535)" if d.launcher == "slurm" else "")
+        )
+    if not all(isinstance(a, str) and a.startswith("-") for a in d.srun_args):
+        raise ConfigError(
+            f"params.yaml: distributed.srun_args = {d.srun_args!r}: a list of srun options, each starting "
+            f"with '-' (e.g. [--partition=gpu, --gpus-per-node=8])"
+        )
     _inside(d.config_file, "distributed.config_file")
     if d.num_processes > 1 and not Path(d.config_file).is_file():
         raise ConfigError(

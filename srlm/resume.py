@@ -12,12 +12,14 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 from .io import atomic_write_text
 from .progress import clear, hold_point
-from .sampling import Completion
+from .sampling import Completion, SamplingParams
+from .slurm import gpu_share, task
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,27 @@ class ResumableGenerator:
 
     A shard's file is named by a hash of what it computes (the call, its prompts, the sampling
     params), and shard i samples with its own seed, derived from `params.seed` and i: the same
-    shards give the same outputs whether or not the run was interrupted. The model is loaded
-    only when a shard must be computed: a fully resumed stage never loads it."""
+    shards give the same outputs whether or not the run was interrupted, and wherever they ran. The
+    model is loaded only when a shard must be computed: a fully resumed stage never loads it.
 
-    def __init__(self, factory: Callable[[], object], tokenizer, directory: str | os.PathLike, shard_size: int):
+    `engine` is a callable returning the inner generator, or srlm.generation.make_generator's
+    arguments as a dict. With `spread` (and a dict), the missing shards of each call are not computed
+    here: they are written to a work order that `spread([command...])` runs, e.g. as a Slurm step
+    (srlm.slurm.run_step) whose tasks each compute their share (`python -m srlm.resume ORDER`)."""
+
+    def __init__(
+        self,
+        engine: Callable[[], object] | dict,
+        tokenizer,
+        directory: str | os.PathLike,
+        shard_size: int,
+        spread: Callable[[list[str]], None] | None = None,
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-        self._factory, self._inner = factory, None
+        if spread is not None and not isinstance(engine, dict):
+            raise ValueError("spreading shards over tasks needs the engine as make_generator's arguments")
+        self._engine, self._inner, self._spread = engine, None, spread
         self.tokenizer = tokenizer
         self.dir = Path(directory)
         self.shard_size = shard_size
@@ -46,16 +62,11 @@ class ResumableGenerator:
     @property
     def inner(self):
         if self._inner is None:
-            self._inner = self._factory()
+            self._inner = build_engine(self._engine)
         return self._inner
 
     def generate(self, prompts: list[str], params, desc: str = "generate"):
-        def compute(chunk, i, label):
-            p = _shard_params(params, i)
-            outs = self.inner.generate(chunk, p, desc=label)
-            return [[[c.text, c.num_tokens, c.finish_reason] for c in comps] for comps in outs]
-
-        rows = self._run("generate", prompts, [dataclasses.asdict(params)], compute, desc)
+        rows = self._run("generate", prompts, [dataclasses.asdict(params)], desc)
         return [[Completion(*c) for c in comps] for comps in rows]
 
     def next_token_probs(
@@ -63,46 +74,94 @@ class ResumableGenerator:
     ):
         import torch
 
-        def compute(chunk, i, label):
-            conts = [c for _, c in chunk]
-            probs = self.inner.next_token_probs([p for p, _ in chunk], conts, token_ids, desc=label)
-            return [t.tolist() for t in probs]
-
-        rows = self._run("next_token_probs", list(zip(prompts, continuations)), [token_ids], compute, desc)
+        rows = self._run("next_token_probs", list(zip(prompts, continuations)), [token_ids], desc)
         return [torch.tensor(r, dtype=torch.float32) for r in rows]
 
     def continuation_logprobs(self, prompts: list[str], continuations: list[str], desc: str = "log-probability"):
-        def compute(chunk, i, label):
-            return self.inner.continuation_logprobs([p for p, _ in chunk], [c for _, c in chunk], desc=label)
+        return self._run("continuation_logprobs", list(zip(prompts, continuations)), [], desc)
 
-        return self._run("continuation_logprobs", list(zip(prompts, continuations)), [], compute, desc)
-
-    def _run(self, kind: str, items: list, extra: list, compute, desc: str) -> list:
+    def _run(self, kind: str, items: list, extra: list, desc: str) -> list:
         n = math.ceil(len(items) / self.shard_size)
-        out: list = []
-        reused = 0
+        shards = []
         for i in range(n):
             chunk = items[i * self.shard_size : (i + 1) * self.shard_size]
             key = hashlib.sha256(json.dumps([kind, i, chunk, extra], sort_keys=True).encode()).hexdigest()[:32]
-            path = self.dir / f"{kind}-{key}.json"
-            rows = _load_shard(path, len(chunk))
-            if rows is None:
-                rows = compute(chunk, i, f"{desc} [{i + 1}/{n}]" if n > 1 else desc)
-                self.dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps({"n_items": len(chunk), "rows": rows, "sha256": _digest(rows)}))
+            label = f"{desc} [{i + 1}/{n}]" if n > 1 else desc
+            shards.append({"i": i, "chunk": chunk, "path": str(self.dir / f"{kind}-{key}.json"), "label": label})
+        done = {s["i"]: _load_shard(Path(s["path"]), len(s["chunk"])) for s in shards}
+        missing = [s for s in shards if done[s["i"]] is None]
+        if missing and self._spread is not None:
+            order = {"kind": kind, "extra": extra, "engine": self._engine, "shards": missing}
+            blob = json.dumps(order, sort_keys=True)
+            path = self.dir / f"order-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, blob)
+            log.info("%s: %d of %d shards to compute, spread over a step's tasks", desc, len(missing), n)
+            self._spread([sys.executable, "-m", "srlm.resume", str(path)])
+            for s in missing:
+                done[s["i"]] = _load_shard(Path(s["path"]), len(s["chunk"]))
+                if done[s["i"]] is None:
+                    raise RuntimeError(f"{s['path']}: the step's tasks ended without writing shard {s['i']}")
+            self.computed += len(missing)
+            path.unlink()
+        else:
+            for s in missing:
+                done[s["i"]] = _compute_shard(self.inner, kind, s, extra)
                 self.computed += 1
                 hold_point(self.computed)
-            else:
-                reused += 1
-            out.extend(rows)
+        reused = n - len(missing)
         if reused:
             log.info("%s: resumed, %d of %d shards read from %s", desc, reused, n, self.dir)
         self.reused += reused
-        return out
+        return [row for s in shards for row in done[s["i"]]]
 
     def clear(self) -> None:
         """Drop the progress once the stage's outputs are written."""
         clear(self.dir)
+
+
+def build_engine(engine: Callable[[], object] | dict):
+    if callable(engine):
+        return engine()
+    from .generation import make_generator  # torch: paid only where a shard is computed
+
+    return make_generator(**engine)
+
+
+def _compute_shard(inner, kind: str, shard: dict, extra: list) -> list:
+    """Compute one shard of a call and save it (atomically, with its checksum)."""
+    chunk, i, label = shard["chunk"], shard["i"], shard["label"]
+    if kind == "generate":
+        params = _shard_params(SamplingParams(**extra[0]), i)
+        rows = [
+            [[c.text, c.num_tokens, c.finish_reason] for c in comps]
+            for comps in inner.generate(chunk, params, desc=label)
+        ]
+    elif kind == "next_token_probs":
+        probs = inner.next_token_probs([p for p, _ in chunk], [c for _, c in chunk], extra[0], desc=label)
+        rows = [t.tolist() for t in probs]
+    elif kind == "continuation_logprobs":
+        rows = inner.continuation_logprobs([p for p, _ in chunk], [c for _, c in chunk], desc=label)
+    else:
+        raise ValueError(f"unknown call {kind!r}")
+    path = Path(shard["path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"n_items": len(chunk), "rows": rows, "sha256": _digest(rows)}))
+    return rows
+
+
+def work(order_path: str | os.PathLike, rank: int, tasks: int) -> int:
+    """One task's share of a work order: shards rank, rank + tasks, ... that are not on disk yet. Returns how
+    many it computed."""
+    order = json.loads(Path(order_path).read_text())
+    mine = [s for j, s in enumerate(order["shards"]) if j % tasks == rank]
+    todo = [s for s in mine if _load_shard(Path(s["path"]), len(s["chunk"])) is None]
+    log.info("task %d of %d: %d shards (%d already on disk)", rank, tasks, len(todo), len(mine) - len(todo))
+    inner = build_engine(order["engine"]) if todo else None
+    for count, s in enumerate(todo, 1):
+        _compute_shard(inner, order["kind"], s, order["extra"])
+        hold_point(count)
+    return len(todo)
 
 
 def _shard_params(params, i: int):
@@ -128,3 +187,17 @@ def _load_shard(path: Path, n_items: int) -> list | None:
 
 def _digest(rows: list) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+if __name__ == "__main__":  # a task of a step started by ResumableGenerator's `spread`: python -m srlm.resume ORDER
+    from .modeling import set_threads
+
+    logging.basicConfig(
+        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    set_threads()
+    if (gpus := gpu_share()) is not None:  # before the engine starts CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    work(sys.argv[1], *task())

@@ -18,9 +18,10 @@ from .io import DataError
 from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads, weight_dirs
 from .progress import work_dir
 from .resume import ResumableGenerator
+from .slurm import SlurmError, run_step
 from .tracking import pipeline_key
 
-EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError)
+EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError, SlurmError)
 AUDIT_ENV = "SRLM_AUDIT_FILES"  # tests only: see _audit_files
 
 
@@ -151,23 +152,32 @@ def generator(params, model: str | Path, name: str):
     directory given as a Path), behind the `generation` params, keeping its
     progress in shards so that a rerun of stage instance `name` after an interruption resumes
     (srlm.resume). The model itself is loaded only if some shard is left to compute."""
-    from .generation import make_generator  # torch: paid only by the stages that generate
 
     gen, trust = params.generation, params.model.trust_remote_code
     dtype = resolve_dtype(gen.dtype)  # what `auto` means on this machine: in the progress key and the metrics
     model_dir = model if isinstance(model, Path) else artifacts.model_dir(model)
     tokenizer = load_tokenizer(model_dir, trust)
     key = {"generation": section_dict(gen) | {"dtype": dtype}, "model": str(model), "trust_remote_code": trust}
-    factory = functools.partial(
-        make_generator,
-        gen.backend,
-        model_dir,
-        gen.batch_size,
-        dtype,
-        trust,
-        gen.tensor_parallel_size,
-        gen.gpu_memory_utilization,
-    )
-    generator = ResumableGenerator(factory, tokenizer, work_dir(name, key, weight_dirs(model_dir)), gen.shard_size)
+    engine = {  # srlm.generation.make_generator's arguments: JSON, so that Slurm tasks can build it too
+        "backend": gen.backend,
+        "model_dir": str(model_dir),
+        "batch_size": gen.batch_size,
+        "dtype": dtype,
+        "trust_remote_code": trust,
+        "tensor_parallel_size": gen.tensor_parallel_size,
+        "gpu_memory_utilization": gen.gpu_memory_utilization,
+    }
+    dist = params.distributed
+    spread = None
+    if dist.launcher == "slurm":  # the missing shards of each call are computed by a Slurm step's tasks
+        spread = functools.partial(
+            run_step,
+            name=name,
+            nodes=dist.num_machines,
+            tasks_per_node=dist.generation_tasks_per_node,
+            srun_args=dist.srun_args,
+        )
+    directory = work_dir(name, key, weight_dirs(model_dir))
+    generator = ResumableGenerator(engine, tokenizer, directory, gen.shard_size, spread=spread)
     generator.dtype = dtype
     return generator

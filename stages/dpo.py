@@ -21,13 +21,15 @@ PARAMS = [
     "method",
     "cream.loss",
     "meta.max_judge_share",
-    "distributed",
+    "distributed.num_processes",
+    "distributed.num_machines",
+    "distributed.config_file",
     "model.trust_remote_code",
 ]
 
 
 def run(params, key, it):
-    distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
+    distribute(params.distributed, f"dpo@{key}")  # reruns this script under `accelerate launch` or as a Slurm step
     dst = artifacts.model_dir(it["next"])
     rows = artifacts.pairs(key).read()
     positive = rows[0]["kind"] == "positive"

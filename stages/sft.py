@@ -7,11 +7,18 @@ from srlm.tracking import data_hashes, record_model, stage_run, write_metrics
 from srlm.training import checkpoint_dir, sft_examples, train_sft
 
 # The params.yaml keys this stage reads: its `params:` in dvc.yaml (tests/test_dvc_graph.py checks).
-PARAMS = ["seed", "sft", "distributed", "model.trust_remote_code"]
+PARAMS = [
+    "seed",
+    "sft",
+    "distributed.num_processes",
+    "distributed.num_machines",
+    "distributed.config_file",
+    "model.trust_remote_code",
+]
 
 
 def run(params):
-    distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
+    distribute(params.distributed, "sft")  # reruns this script under `accelerate launch` or as a Slurm step
     cfg = params.sft
     tracked = stage.tracked(params, PARAMS)
     with stage_run("sft", tracked):

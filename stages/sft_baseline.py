@@ -21,13 +21,15 @@ PARAMS = [
     "sft.precision",
     "sft.save_steps",
     "sft.lora",
-    "distributed",
+    "distributed.num_processes",
+    "distributed.num_machines",
+    "distributed.config_file",
     "model.trust_remote_code",
 ]
 
 
 def run(params):
-    distribute(params.distributed)  # with num_processes > 1: reruns this script under `accelerate launch`
+    distribute(params.distributed, "sft_baseline")  # reruns this script under `accelerate launch` or as a Slurm step
     cfg = params.sft
     tracked = stage.tracked(params, PARAMS)
     with stage_run("sft_baseline", tracked):

@@ -44,6 +44,14 @@ TINY_PARAMS = {
         "verdict_max_new_tokens": 12,
     },
 }
+# Outputs that record wall-clock time (train_runtime_s, ...): they differ between any two runs by design.
+WALL_CLOCK = {
+    "metrics/sft_baseline.json",
+    "metrics/sft.json",
+    "data/it1/metrics/dpo.json",
+    "data/it2/metrics/dpo.json",
+    "metrics/prepare_model.json",
+}
 TINY_MATCHUPS = {"m3_vs_sft_baseline": {"a": "m3", "b": "sft_baseline"}}
 
 

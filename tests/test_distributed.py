@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from srlm import launch, training
+from srlm import launch, slurm, training
 from srlm.config import ConfigError, DistributedConfig, DpoConfig, LoraConfig, SftConfig, derive_seed, parse_params
 from srlm.modeling import load_model, resolve_dtype
 from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft
@@ -243,22 +243,25 @@ def launched(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(os, "execve", lambda path, cmd, env: calls.append((cmd, env)))
     monkeypatch.setattr(sys, "argv", ["stages/dpo.py", "--iteration", "2"])
-    for var in ("LOCAL_RANK", "RANK", "SRLM_MACHINE_RANK", "SRLM_THREADS"):
+    for var in ("LOCAL_RANK", "RANK", "SRLM_THREADS", slurm.STEP_ENV, "SLURM_NODEID", "SLURM_JOB_ID", "SLURM_STEP_ID"):
         monkeypatch.delenv(var, raising=False)
     return calls
 
 
+def accelerate_args(cmd: list[str]) -> dict:
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    return dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
+
+
 def test_one_process_is_not_relaunched(launched):
-    launch.distribute(DistributedConfig())
+    launch.distribute(DistributedConfig(), "dpo@2")
     assert launched == []
 
 
 def test_a_stage_relaunches_itself_under_accelerate(launched):
-    launch.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"))
+    launch.distribute(DistributedConfig(num_processes=8, config_file="configs/accelerate/deepspeed_zero3.yaml"), "x")
     ((cmd, env),) = launched
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
-    args = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
-    assert args == {
+    assert accelerate_args(cmd) == {
         "--config_file": "configs/accelerate/deepspeed_zero3.yaml",
         "--num_processes": "8",
         "--num_machines": "1",
@@ -268,56 +271,75 @@ def test_a_stage_relaunches_itself_under_accelerate(launched):
     assert cmd[-3:] == ["stages/dpo.py", "--iteration", "2"]
     if not torch.cuda.is_available():  # 8 processes share the cores instead of each taking them all
         assert env["SRLM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 8))
-    assert not launch.JOB_FILE.exists()
 
 
 def test_launched_processes_other_than_rank_0_do_not_track(launched, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("SRLM_TRACKING", "on")
-    launch.distribute(DistributedConfig(num_processes=4))
+    launch.distribute(DistributedConfig(num_processes=4), "x")
     assert launched == [] and os.environ["SRLM_TRACKING"] == "off" and not launch.is_main_process()
 
 
-def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(launched, monkeypatch):
-    dist = DistributedConfig(num_processes=16, num_machines=2, main_process_ip="10.0.0.1")
-    launch.distribute(dist)
+def test_under_slurm_a_stage_becomes_a_step_whose_tasks_launch_their_node_with_its_rank(launched, monkeypatch):
+    """The stage process runs itself as a step of one task per node and exits when the step succeeds; in a
+    task, accelerate is launched with the node's rank, the step's first node as the main process and a port
+    offset by the job and step ids. (tests/test_slurm.py runs this on a real Slurm.)"""
+    dist = DistributedConfig(num_processes=16, num_machines=2, launcher="slurm", srun_args=["--gpus-per-node=8"])
+    steps = []
+    monkeypatch.setattr(launch.slurm, "run_step", lambda *a: steps.append(a))
+    with pytest.raises(SystemExit) as stop:
+        launch.distribute(dist, "dpo@2")
+    assert stop.value.code == 0 and launched == []
+    assert steps == [([sys.executable, "stages/dpo.py", "--iteration", "2"], "dpo@2", 2, 1, ["--gpus-per-node=8"])]
+
+    env = {slurm.STEP_ENV: "dpo@2", "SLURM_NODEID": "1", "SLURM_JOB_ID": "4321", "SLURM_STEP_ID": "3"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(launch.slurm, "first_node", lambda: "gpu-a17")
+    launch.distribute(dist, "dpo@2")
     ((cmd, _),) = launched
-    assert ["--machine_rank", "0"] == cmd[cmd.index("--machine_rank") :][:2]
-    assert ["--main_process_ip", "10.0.0.1"] == cmd[cmd.index("--main_process_ip") :][:2]
-    job = json.loads(launch.JOB_FILE.read_text())
-    assert job["argv"] == ["stages/dpo.py", "--iteration", "2"]
+    assert accelerate_args(cmd) | {"--config_file": None} == {
+        "--config_file": None,
+        "--num_processes": "16",
+        "--num_machines": "2",
+        "--main_process_ip": "gpu-a17",
+        "--machine_rank": "1",
+        "--main_process_port": str(29500 + (4321 * 7 + 3) % 10000),
+    }
 
-    ran = []
 
-    class Stop(Exception):
-        pass
+def test_slurm_failures_are_reported_in_the_schedulers_words():
+    """srun's and slurmstepd's own lines, as a cancelled and a failed step printed them on the test cluster."""
+    cancelled = [
+        "slurmstepd-vm: error: *** STEP 2.0 ON vm CANCELLED AT 2026-12-02T13:21:47 ***",
+        "srun: Job step aborted: Waiting up to 7 seconds for job step to finish.",
+        "srun: error: vm: task 0: Terminated",
+    ]
+    text = slurm._reason("sft", 143, cancelled)
+    assert "Slurm step sft was cancelled" in text and "srun exit code 143" in text and cancelled[0] in text
+    failed = ["srun: error: vm: task 1: Exited with exit code 3"]
+    assert "Slurm step judge@1 failed" in slurm._reason("judge@1", 3, failed)
+    assert "Rerun `dvc repro`" in slurm._reason("x", 1, [])
 
-    def sleep(_):
-        if len(ran) == 1:
-            raise Stop
-        launch.JOB_FILE.write_text(json.dumps(job | {"id": "new"}))  # machine 0 posts the next stage's job
 
-    monkeypatch.setattr(launch.subprocess, "call", lambda argv, env: ran.append((argv, env["SRLM_MACHINE_RANK"])) or 0)
-    monkeypatch.setattr(launch.time, "sleep", sleep)
-    with pytest.raises(Stop):
-        launch.worker(machine_rank=1)
-    # The job already posted when the worker started is not joined (its rendezvous may be over); the new one is.
-    assert ran == [([sys.executable, "stages/dpo.py", "--iteration", "2"], "1")]
-
-    monkeypatch.setenv("SRLM_MACHINE_RANK", "1")  # the worker's stage process then launches as machine 1
-    launch.distribute(dist)
-    assert ["--machine_rank", "1"] == launched[-1][0][launched[-1][0].index("--machine_rank") :][:2]
+def test_slurm_without_srun_says_so(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(slurm.SlurmError, match="no `srun` on PATH"):
+        slurm.run_step(["true"], "sft", 1, 1)
 
 
 @pytest.mark.parametrize(
     "dist, needle",
     [
         (
-            {"num_processes": 3, "num_machines": 2, "main_process_ip": "h"},
+            {"num_processes": 3, "num_machines": 2, "launcher": "slurm"},
             "must be a multiple of distributed.num_machines",
         ),
-        ({"num_processes": 4, "num_machines": 2}, "main_process_ip is needed"),
+        ({"num_processes": 4, "num_machines": 2}, "needs distributed.launcher: slurm"),
+        ({"launcher": "slurm", "srun_args": ["gpu"]}, "a list of srun options"),
+        ({"launcher": "slurm", "main_process_port": 60000}, "at most 55535"),
+        ({"launcher": "pbs"}, "launcher"),
         ({"num_processes": 2, "config_file": "configs/accelerate/nope.yaml"}, "no such file"),
         ({"num_processes": 0}, "must be > 0"),
         ({"main_process_port": 70000}, "is not a port"),
@@ -325,8 +347,16 @@ def test_multi_node_machine_0_posts_the_job_and_a_worker_runs_it_with_its_rank(l
 )
 def test_bad_distributed_params_name_the_key(dist, needle, monkeypatch):
     monkeypatch.chdir(ROOT)
+    generation = {"dtype": "float32"}
     with pytest.raises(ConfigError, match=needle):
-        parse_params({"distributed": dist})
+        parse_params({"distributed": dist, "generation": generation})
+
+
+def test_slurm_needs_an_explicit_generation_dtype(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match="generation.dtype = 'auto' resolves on the machine"):
+        parse_params({"distributed": {"launcher": "slurm"}})
+    parse_params({"distributed": {"launcher": "slurm"}, "generation": {"dtype": "bfloat16"}})
 
 
 @pytest.mark.parametrize("amx, avx512_bf16, auto", [(True, True, True), (False, True, True), (False, False, False)])
@@ -355,3 +385,19 @@ def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, bf16):
 def test_negative_save_steps_is_refused():
     with pytest.raises(ConfigError, match="save_steps = -1 must be >= 0"):
         parse_params({"dpo": {"save_steps": -1}})
+
+
+@pytest.mark.parametrize(
+    "visible, per_node, local, share",
+    [
+        ("0,1,2,3,4,5,6,7", "8", "3", "3"),
+        ("0,1,2,3,4,5,6,7", "4", "1", "2,3"),
+        ("5", "8", "2", None),
+        ("0,1", "1", "0", None),
+    ],
+)
+def test_generation_tasks_on_a_node_split_its_gpus(monkeypatch, visible, per_node, local, share):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", per_node)
+    monkeypatch.setenv("SLURM_LOCALID", local)
+    assert slurm.gpu_share() == share

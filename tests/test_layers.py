@@ -1,8 +1,8 @@
 """The library's layers. The base imports no torch and no model code, so it can be read, tested and reused
 without either: the pure logic (params, files and the artifacts stages exchange, the generator interface,
-prompts, scores, metrics, pairs, seed data, the instruction checkers) and two services the training loop
-uses too (progress folders on disk, MLflow tracking). The engine (models, generation backends, training,
-CREAM, launching) builds on it; the pipeline glue (stage runner, resumable generation, judging,
+prompts, scores, metrics, pairs, seed data, the instruction checkers) and the services the training loop
+uses too (progress folders on disk, MLflow tracking, Slurm steps). The engine (models, generation backends,
+training, CREAM, launching) builds on it; the pipeline glue (stage runner, resumable generation, judging,
 evaluation, report) on both. Imports run one way: down."""
 
 import ast
@@ -25,6 +25,7 @@ BASE = [
     "srlm.tracking",
     "srlm.registry",
     "srlm.judge_pairs",
+    "srlm.slurm",
 ]
 ENGINE = ["srlm.modeling", "srlm.generation", "srlm.training", "srlm.cream", "srlm.launch"]
 GLUE = ["srlm.judging", "srlm.evaluation", "srlm.resume", "srlm.stage", "srlm.report"]

@@ -8,18 +8,11 @@ comparison, and why, is in NONDETERMINISTIC."""
 import pytest
 import yaml
 
-from e2e_project import dvc, make_project
+from e2e_project import WALL_CLOCK, dvc, make_project
 
 pytestmark = pytest.mark.e2e
 
-# Outputs that record wall-clock time: they differ between any two runs by design.
-NONDETERMINISTIC = {
-    "metrics/sft_baseline.json",
-    "metrics/sft.json",
-    "data/it1/metrics/dpo.json",
-    "data/it2/metrics/dpo.json",
-    "metrics/prepare_model.json",
-}
+NONDETERMINISTIC = WALL_CLOCK
 
 
 def out_hashes(lock_text: str) -> dict[str, str]:

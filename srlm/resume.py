@@ -19,7 +19,7 @@ from typing import Callable
 from .io import atomic_write_text
 from .progress import clear, hold_point
 from .sampling import Completion, SamplingParams
-from .slurm import gpu_share, task
+from .slurm import gpu_share, task_index
 
 log = logging.getLogger(__name__)
 
@@ -200,4 +200,4 @@ if __name__ == "__main__":  # a task of a step started by ResumableGenerator's `
     set_threads()
     if (gpus := gpu_share()) is not None:  # before the engine starts CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    work(sys.argv[1], *task())
+    work(sys.argv[1], *task_index())

@@ -36,7 +36,6 @@ def run_step(
     nodes: int,
     tasks_per_node: int,
     srun_args: Sequence[str] = (),
-    env: dict | None = None,
 ) -> None:
     """Run `argv` as one Slurm step of `nodes` × `tasks_per_node` tasks and wait for it. Any task failing
     ends the step (`--kill-on-bad-exit`). Raises SlurmError, with srun's and slurmstepd's messages, when a
@@ -59,7 +58,7 @@ def run_step(
         *srun_args,
         *argv,
     ]
-    env = dict(os.environ if env is None else env) | {STEP_ENV: name}
+    env = dict(os.environ) | {STEP_ENV: name}
     log.info("slurm: %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -138,7 +137,7 @@ def step_port(base: int) -> int:
     return base + (job * 7 + step) % 10000
 
 
-def task() -> tuple[int, int]:
+def task_index() -> tuple[int, int]:
     """(rank, number of tasks) of this task in its step."""
     return int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get("SLURM_NTASKS", "1"))
 

@@ -151,7 +151,8 @@ def generator(params, model: str | Path, name: str):
     """The one place stages get a generator: `model`'s (a pipeline model's name, or a model
     directory given as a Path), behind the `generation` params, keeping its
     progress in shards so that a rerun of stage instance `name` after an interruption resumes
-    (srlm.resume). The model itself is loaded only if some shard is left to compute."""
+    (srlm.resume). The model itself is loaded only if some shard is left to compute; under
+    `distributed.launcher: slurm` the shards are computed by a Slurm step's tasks instead."""
 
     gen, trust = params.generation, params.model.trust_remote_code
     dtype = resolve_dtype(gen.dtype)  # what `auto` means on this machine: in the progress key and the metrics

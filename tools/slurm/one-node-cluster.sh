@@ -17,7 +17,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   # 22.05 on Debian 12: slurmctld, slurmd, srun/sbatch/scancel/squeue, and munge for authentication.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+  # Stale or missing package lists (a fresh image): update them once and try again.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; }
 fi
 
 if sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)'; then

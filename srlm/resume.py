@@ -12,14 +12,12 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
 from .io import atomic_write_text
 from .progress import clear, hold_point
 from .sampling import Completion, SamplingParams
-from .slurm import gpu_share, task_index
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,8 @@ class ResumableGenerator:
 
     `engine` is a callable returning the inner generator, or srlm.generation.make_generator's
     arguments as a dict. With `spread` (and a dict), the missing shards of each call are not computed
-    here: they are written to a work order that `spread([command...])` runs, e.g. as a Slurm step
-    (srlm.slurm.run_step) whose tasks each compute their share (`python -m srlm.resume ORDER`)."""
+    here: they are written to a work order, and `spread(order_path)` has them computed, e.g. by a Slurm
+    step whose tasks each run `work` on their share (srlm.stage.generator)."""
 
     def __init__(
         self,
@@ -46,7 +44,7 @@ class ResumableGenerator:
         tokenizer,
         directory: str | os.PathLike,
         shard_size: int,
-        spread: Callable[[list[str]], None] | None = None,
+        spread: Callable[[Path], None] | None = None,
     ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
@@ -88,7 +86,7 @@ class ResumableGenerator:
             key = hashlib.sha256(json.dumps([kind, i, chunk, extra], sort_keys=True).encode()).hexdigest()[:32]
             label = f"{desc} [{i + 1}/{n}]" if n > 1 else desc
             shards.append({"i": i, "chunk": chunk, "path": str(self.dir / f"{kind}-{key}.json"), "label": label})
-        done = {s["i"]: _load_shard(Path(s["path"]), len(s["chunk"])) for s in shards}
+        done = [_load_shard(Path(s["path"]), len(s["chunk"])) for s in shards]
         missing = [s for s in shards if done[s["i"]] is None]
         if missing and self._spread is not None:
             order = {"kind": kind, "extra": extra, "engine": self._engine, "shards": missing}
@@ -97,7 +95,7 @@ class ResumableGenerator:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, blob)
             log.info("%s: %d of %d shards to compute, spread over a step's tasks", desc, len(missing), n)
-            self._spread([sys.executable, "-m", "srlm.resume", str(path)])
+            self._spread(path)
             for s in missing:
                 done[s["i"]] = _load_shard(Path(s["path"]), len(s["chunk"]))
                 if done[s["i"]] is None:
@@ -113,7 +111,7 @@ class ResumableGenerator:
         if reused:
             log.info("%s: resumed, %d of %d shards read from %s", desc, reused, n, self.dir)
         self.reused += reused
-        return [row for s in shards for row in done[s["i"]]]
+        return [row for rows in done for row in rows]
 
     def clear(self) -> None:
         """Drop the progress once the stage's outputs are written."""
@@ -152,7 +150,7 @@ def _compute_shard(inner, kind: str, shard: dict, extra: list) -> list:
 
 def work(order_path: str | os.PathLike, rank: int, tasks: int) -> int:
     """One task's share of a work order: shards rank, rank + tasks, ... that are not on disk yet. Returns how
-    many it computed."""
+    many it computed. Run by `python -m srlm.stage work ORDER` in each task of a step."""
     order = json.loads(Path(order_path).read_text())
     mine = [s for j, s in enumerate(order["shards"]) if j % tasks == rank]
     todo = [s for s in mine if _load_shard(Path(s["path"]), len(s["chunk"])) is None]
@@ -187,17 +185,3 @@ def _load_shard(path: Path, n_items: int) -> list | None:
 
 def _digest(rows: list) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-if __name__ == "__main__":  # a task of a step started by ResumableGenerator's `spread`: python -m srlm.resume ORDER
-    from .modeling import set_threads
-
-    logging.basicConfig(
-        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    set_threads()
-    if (gpus := gpu_share()) is not None:  # before the engine starts CUDA
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    work(sys.argv[1], *task_index())

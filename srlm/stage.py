@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import functools
 import logging
 import os
 import signal
@@ -17,8 +16,8 @@ from .config import ConfigError, load_params, section_dict
 from .io import DataError
 from .modeling import ModelError, load_tokenizer, resolve_dtype, set_threads, weight_dirs
 from .progress import work_dir
-from .resume import ResumableGenerator
-from .slurm import SlurmError, run_step
+from .resume import ResumableGenerator, work
+from .slurm import SlurmError, gpu_share, run_step, task_index
 from .tracking import pipeline_key
 
 EXPECTED = (ConfigError, DataError, ModelError, FileNotFoundError, SlurmError)
@@ -38,14 +37,7 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
         parser.add_argument("--matchup", required=True, help="a key of evaluation.matchups in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    set_threads()
+    _setup_process()
     pipeline_key()  # found now, so the processes a training stage relaunches under accelerate share it
     if os.environ.get(AUDIT_ENV):
         _audit_files(os.environ[AUDIT_ENV])
@@ -92,6 +84,18 @@ def main(run, needs_iteration: bool = False, needs: str | None = None) -> None:
         if e.code == 128 + signal.SIGTERM:
             print("terminated: outputs were left as they were; rerun `dvc repro` to resume", file=sys.stderr)
         raise
+
+
+def _setup_process() -> None:
+    """What every stage process, and every task of a Slurm step, starts with: the log format and the threads."""
+    logging.basicConfig(
+        level=os.environ.get("SRLM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    set_threads()
 
 
 def _audit_files(log_path: str) -> None:
@@ -171,14 +175,29 @@ def generator(params, model: str | Path, name: str):
     dist = params.distributed
     spread = None
     if dist.launcher == "slurm":  # the missing shards of each call are computed by a Slurm step's tasks
-        spread = functools.partial(
-            run_step,
-            name=name,
-            nodes=dist.num_machines,
-            tasks_per_node=dist.generation_tasks_per_node,
-            srun_args=dist.srun_args,
-        )
+
+        def spread(order: Path) -> None:
+            argv = [sys.executable, "-m", "srlm.stage", "work", str(order)]
+            run_step(argv, name, dist.num_machines, dist.generation_tasks_per_node, dist.srun_args)
+
     directory = work_dir(name, key, weight_dirs(model_dir))
     generator = ResumableGenerator(engine, tokenizer, directory, gen.shard_size, spread=spread)
     generator.dtype = dtype
     return generator
+
+
+def work_main(argv: list[str]) -> None:
+    """`python -m srlm.stage work ORDER`: one task of a Slurm step computing its share of a generation call's
+    shards (srlm.resume.work), on its share of the node's GPUs."""
+    parser = argparse.ArgumentParser(prog="python -m srlm.stage", description=work_main.__doc__)
+    parser.add_argument("command", choices=["work"])
+    parser.add_argument("order", help="a work order written by srlm.resume.ResumableGenerator")
+    args = parser.parse_args(argv)
+    _setup_process()
+    if (gpus := gpu_share()) is not None:  # before the engine starts CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    work(args.order, *task_index())
+
+
+if __name__ == "__main__":
+    work_main(sys.argv[1:])

@@ -37,6 +37,7 @@ pytestmark = [
     ),
 ]
 DVC = str(Path(sys.executable).parent / "dvc")
+FORCE = [DVC, "repro", "--force", "--single-item"]  # --force: run it, not from the run cache
 TARGET = "dpo@1"  # everything to M2: generation stages (build_eft, gen_prompts, sample, judge) and training
 
 
@@ -102,38 +103,29 @@ def _cancel(name: str):
     return cancel
 
 
+def cancelled_run(d: Path, stage: str) -> subprocess.CompletedProcess:
+    """`stage` rerun (--force: not from the run cache) and its job `scancel`led while it is held after its
+    first shard or checkpoint; the stage must fail with Slurm's reason."""
+    cancelled = start_and_kill(FORCE + [stage], d, sig=None, hold_after=1, while_held=_cancel(stage))
+    assert cancelled.returncode != 0
+    assert f"error: Slurm step {stage} was cancelled" in cancelled.stderr, cancelled.stderr[-3000:]
+    return cancelled
+
+
 def test_a_cancelled_generation_step_fails_its_stage_and_the_rerun_resumes_from_its_shards(runs):
     d, _ = runs["slurm"]
-    stage = "sample@1"
-    before = outs(d)[(stage, "data/it1/candidates.jsonl")]
-    p = start_and_kill(
-        [DVC, "repro", "--force", "--single-item", stage],
-        d,
-        sig=None,
-        hold_after=1,
-        while_held=_cancel(stage),
-    )
-    assert p.returncode != 0
-    assert f"error: Slurm step {stage} was cancelled" in p.stderr and "CANCELLED" in p.stderr, p.stderr[-3000:]
+    stage, path = "sample@1", "data/it1/candidates.jsonl"
+    before = outs(d)[(stage, path)]
+    assert "CANCELLED" in cancelled_run(d, stage).stderr
     assert list((d / ".srlm/progress/sample_1").rglob("generate-*.json")), "the finished shards were kept"
-    log = dvc(["repro", "--force", "--single-item", stage], d)  # --force: not from the run cache
-    assert "resumed," in log.stderr
-    assert outs(d)[(stage, "data/it1/candidates.jsonl")] == before
+    assert "resumed," in dvc(FORCE[1:] + [stage], d).stderr
+    assert outs(d)[(stage, path)] == before
 
 
 def test_a_cancelled_training_step_fails_its_stage_and_the_rerun_resumes_from_its_checkpoint(runs):
     d, _ = runs["slurm"]
-    stage = "dpo@1"
-    before = outs(d)[(stage, "models/m2")]
-    p = start_and_kill(
-        [DVC, "repro", "--force", "--single-item", stage],
-        d,
-        sig=None,
-        hold_after=1,
-        while_held=_cancel(stage),
-    )
-    assert p.returncode != 0
-    assert f"error: Slurm step {stage} was cancelled" in p.stderr, p.stderr[-3000:]
-    log = dvc(["repro", "--force", "--single-item", stage], d)  # --force: not from the run cache
-    assert "resumed from step 1" in log.stderr
-    assert outs(d)[(stage, "models/m2")] == before
+    stage, path = "dpo@1", "models/m2"
+    before = outs(d)[(stage, path)]
+    cancelled_run(d, stage)
+    assert "resumed from step 1" in dvc(FORCE[1:] + [stage], d).stderr
+    assert outs(d)[(stage, path)] == before

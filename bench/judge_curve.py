@@ -201,7 +201,8 @@ COLUMNS += ["preferred shorter %", "preferred longer %", "train loss", "train s"
 
 
 def row(name: str, readout: str, m: dict, train: dict) -> str:
-    cells = [name, readout, m["sets"], fmt(m), f"{100 * m['pairwise_tie_rate']:.1f}", f"{m['spearman_pooled']:.3f}"]
+    cells = [name, readout, m["sets"], fmt(m), f"{100 * m['pairwise_tie_rate']:.1f}"]
+    cells += ["–" if missing(m.get("spearman_pooled")) else f"{m['spearman_pooled']:.3f}"]
     cells += [fmt(m, "accuracy_preferred_shorter"), fmt(m, "accuracy_preferred_longer")]
     cells += [f"{train['train_loss']:.3f}" if "train_loss" in train else "", train.get("seconds", "")]
     return "| " + " | ".join(map(str, cells)) + " |"

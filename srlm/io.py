@@ -46,8 +46,19 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return len(lines)
 
 
+def no_nan(obj: Any) -> Any:
+    """`obj` with every NaN (an undefined value, e.g. a correlation over constant scores) as None, in nested
+    dicts and lists too: JSON has no NaN, and Python's `NaN` literal breaks other readers."""
+    if isinstance(obj, dict):
+        return {k: no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [no_nan(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    """Indented, sorted keys, NaN written as null (`no_nan`)."""
+    atomic_write_text(path, json.dumps(no_nan(obj), indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from .io import file_sha256, write_json
+from .io import file_sha256, no_nan, write_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT = os.environ.get("SRLM_MLFLOW_EXPERIMENT", "self-rewarding")
@@ -258,15 +258,9 @@ def data_hashes(*paths: str | Path) -> dict:
     return {str(p): file_sha256(p)[:16] for p in paths if Path(p).is_file()}
 
 
-def _no_nan(obj):
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    return None if isinstance(obj, float) and obj != obj else obj
-
-
 def write_metrics(path: str | Path, metrics: dict) -> None:
     """A DVC metrics file (compared by `dvc metrics show/diff` and `dvc exp show`), also sent to
     MLflow. An undefined value (NaN, e.g. a correlation over constant scores) is written as null."""
-    metrics = _no_nan(metrics)
+    metrics = no_nan(metrics)
     write_json(path, metrics)
     log_metrics({k: v for k, v in flatten(metrics).items() if v is not None})

@@ -1,8 +1,9 @@
+import json
 import os
 
 import pytest
 
-from srlm.io import DataError, atomic_dir, atomic_write_text, read_jsonl, write_jsonl
+from srlm.io import DataError, atomic_dir, atomic_write_text, read_jsonl, write_json, write_jsonl
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -99,3 +100,11 @@ def test_a_full_disk_error_names_the_file(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "out.txt", "x")
     assert e.value.filename == str(tmp_path / "out.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_writes_undefined_values_as_null_at_any_depth(tmp_path):
+    f = tmp_path / "m.json"
+    write_json(f, {"kendall": float("nan"), "by_seed": [0.5, float("nan")], "inner": {"rho": float("nan"), "n": 3}})
+    text = f.read_text()
+    assert "NaN" not in text  # Python's NaN literal is not JSON
+    assert json.loads(text) == {"by_seed": [0.5, None], "inner": {"n": 3, "rho": None}, "kendall": None}

@@ -11,7 +11,8 @@ Layout:
     data/reserved/<model>.jsonl          instructions M_<model>'s generated prompts must stay away from
     data/eft/train.jsonl                 build_eft's judge examples
     data/it<t>/{prompts,candidates,judgments,judgments_prev,judge_pairs,pairs}.jsonl, metrics/<stage>.json
-    data/eval/<model>/{responses.jsonl,alpaca_eval.json,ranked_judgments.jsonl,follow.jsonl},
+    data/eval/<model>/{responses,reference_logprobs}.jsonl, alpaca_eval.json,
+                      {ranked_judgments,follow}.jsonl,
                       metrics/{judge,answer,follow}.json
     data/eval/head_to_head/<a>_vs_<b>/{verdicts.jsonl,metrics.json}
     metrics/<stage>.json                 the stages that run once
@@ -35,6 +36,7 @@ PROMPT = {"id": str, "prompt": str}
 CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}
 PAIR = {"id": str, "prompt": str, "kind": str}
 RESPONSE = {"id": str, "instruction": str, "output": str}
+REFERENCE_LOGPROB = {"id": str, "reference_logprob": float}
 VERIFIABLE = {"id": str, "instruction": str, "instruction_id_list": list, "kwargs": list}
 FOLLOWED = {"id": str, "instruction": str, "output": str, "strict": list, "loose": list}
 
@@ -146,6 +148,11 @@ def eval_metrics(model: str, stage: str) -> Path:
 
 def responses(model: str) -> Artifact:
     return Artifact(eval_dir(model) / "responses.jsonl", RESPONSE)
+
+
+def reference_logprobs(model: str) -> Artifact:
+    """The model's mean per-token log-probability of each held-out prompt's reference response."""
+    return Artifact(eval_dir(model) / "reference_logprobs.jsonl", REFERENCE_LOGPROB)
 
 
 def alpaca_eval(model: str) -> Path:

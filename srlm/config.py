@@ -270,6 +270,9 @@ class EvaluationConfig:
     models: list = field(default_factory=lambda: ["m0", "sft_baseline", "m1", "m2", "m3"])
     ranked_sets: int = non_negative(8)  # held-out ranked sets judged per model (0 = all)
     prompts: int = non_negative(16)  # held-out IFT prompts answered per model (0 = all)
+    # held-out prompts whose reference response each model scores (mean log p per token; 0 = all): a forward
+    # pass each, so more of them than are answered, for a narrower interval on the shift between models
+    reference_prompts: int = non_negative(0)
     temperature: float = non_negative(0.0)  # 0 = greedy; otherwise sampled with `seed`
     top_p: float = probability(0.9)
     max_new_tokens: int = positive(80)

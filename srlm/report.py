@@ -121,8 +121,8 @@ def paired_comparisons(params) -> dict:
         return by_set
 
     @functools.cache
-    def answered(m):
-        return {r["id"]: r for r in artifacts.responses(m).read()}
+    def scored(m):
+        return {r["id"]: r for r in artifacts.reference_logprobs(m).read()}
 
     @functools.cache
     def followed(m):
@@ -140,7 +140,7 @@ def paired_comparisons(params) -> dict:
             ["pairwise_accuracy"],
             seed,
         )
-        la, lb = answered(a), answered(b)
+        la, lb = scored(a), scored(b)
         rids = sorted(set(la) & set(lb))
         logp = paired_difference(
             [la[i] for i in rids], [lb[i] for i in rids], _mean_reference_logprob, ["reference_logprob"], seed

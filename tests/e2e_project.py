@@ -38,6 +38,7 @@ TINY_PARAMS = {
         "models": ["sft_baseline", "m3"],
         "ranked_sets": 3,
         "prompts": 3,
+        "reference_prompts": 5,
         "max_new_tokens": 12,
         "verifiable_prompts": 3,
         "follow_max_new_tokens": 12,

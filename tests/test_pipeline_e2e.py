@@ -172,6 +172,11 @@ def test_report_is_built_from_the_stage_outputs(project):
     key = f"{readout}_pairwise_accuracy"
     assert paired["pairwise_accuracy_diff"] == pytest.approx(j3[key] - jb[key])
     assert paired["ranked_sets"] == 3 and paired["verifiable_prompts"] == 3
+    # the log-probability shift: on more prompts than are answered (5 references scored, 3 answered)
+    a3, ab = (json.loads((d / artifacts.eval_metrics(m, "answer")).read_text()) for m in ("m3", "sft_baseline"))
+    assert a3["responses"] == 3 and a3["reference_prompts"] == paired["prompts"] == 5
+    shift = a3["reference_logprob_mean"] - ab["reference_logprob_mean"]
+    assert paired["reference_logprob_diff"] == pytest.approx(shift)
     assert "Paired differences" in report
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
     # `dvc plots show` draws the intervals as error bars, with the chance line where one applies

@@ -5,7 +5,7 @@ in one run, on the same prompts and seeds.
 
 Rows: fp32 and bf16, each with transformers' concatenating DynamicCache (before) and with
 srlm.generation.GrowingLayer (now), both through TransformersGenerator with its prefix sharing and
-NucleusSampler. Cases: sample (16 IFT prompts, N=4, 80 new tokens, T=0.7, top_p=0.9: the default
+NucleusSampler. Cases: sample (16 IFT prompts, N=4, 80 new tokens, T=0.7, top_p=0.9: the 2026-12-01 default
 `sample` stage) and judge (16 judge prompts, k=3, 48 new tokens: the default `judge` stage). Prints new
 tokens/s (the faster of --repeats interleaved rounds), the speed-up over fp32 before, and whether the
 growing cache drew exactly the same tokens as the concatenating one.

@@ -139,7 +139,7 @@ class EftConfig:
 @dataclass
 class GenPromptsConfig:
     model: str = "m0"  # fixed prompt generator, as in the paper (a directory under models/)
-    num_prompts: int = positive(16)  # new prompts wanted per iteration
+    num_prompts: int = positive(24)  # new prompts wanted per iteration
     shots: int = positive(8)
     max_attempts: int = positive(8)  # few-shot generations per wanted prompt before giving up
     temperature: float = non_negative(0.9)
@@ -154,7 +154,9 @@ class SampleConfig:
     n: int = positive(4)
     temperature: float = non_negative(0.7)
     top_p: float = probability(0.9)
-    max_new_tokens: int = positive(80)
+    # a candidate cut off here is never chosen (pairs.truncated_chosen): at 80, half of M1's were and 7 of 16
+    # prompts lost their pair
+    max_new_tokens: int = positive(128)
 
 
 @dataclass

@@ -104,11 +104,19 @@ def _mean_reference_logprob(rows: list[dict]) -> dict:
     return {"reference_logprob": sum(r["reference_logprob"] for r in rows) / len(rows) if rows else math.nan}
 
 
+def _mean_response_tokens(rows: list[dict]) -> dict:
+    return {"response_tokens": sum(r["num_tokens"] for r in rows) / len(rows) if rows else math.nan}
+
+
+# Paired differences that are not rates: shown as they are (not in points), and not sized for ±5 points.
+NOT_RATES = {"reference_logprob_diff": 3, "response_tokens_diff": 1}  # key -> decimals shown
+
+
 def paired_comparisons(params) -> dict:
     """Model a minus model b on the same held-out items, with 95 % paired-bootstrap intervals: Table 2's
-    pairwise accuracy (resampling ranked sets), the IFEval accuracies and the mean log-probability of the
-    held-out reference responses (resampling prompts). Read from the per-item files of eval_judge, follow
-    and answer."""
+    pairwise accuracy (resampling ranked sets), the IFEval accuracies, the mean log-probability of the
+    held-out reference responses and the length in tokens of the answers to the held-out prompts (resampling
+    prompts). Read from the per-item files of eval_judge, follow and answer."""
     readout = params.judge.scoring
 
     @functools.cache  # each model's files are read once, however many comparisons it is in
@@ -123,6 +131,10 @@ def paired_comparisons(params) -> dict:
     @functools.cache
     def scored(m):
         return {r["id"]: r for r in artifacts.reference_logprobs(m).read()}
+
+    @functools.cache
+    def answered(m):
+        return {r["id"]: r for r in artifacts.responses(m).read()}
 
     @functools.cache
     def followed(m):
@@ -145,11 +157,21 @@ def paired_comparisons(params) -> dict:
         logp = paired_difference(
             [la[i] for i in rids], [lb[i] for i in rids], _mean_reference_logprob, ["reference_logprob"], seed
         )
+        aa, ab = answered(a), answered(b)
+        aids = sorted(set(aa) & set(ab))
+        length = paired_difference(
+            [aa[i] for i in aids], [ab[i] for i in aids], _mean_response_tokens, ["response_tokens"], seed
+        )
         fa, fb = followed(a), followed(b)
         pids = sorted(set(fa) & set(fb))
         follow = paired_difference([fa[i] for i in pids], [fb[i] for i in pids], follow_metrics, FOLLOW_INTERVALS, seed)
-        counts = {"ranked_sets": judge.pop("n"), "verifiable_prompts": follow.pop("n"), "prompts": logp.pop("n")}
-        out[f"{a}_vs_{b}"] = {"a": a, "b": b} | counts | judge | follow | logp
+        counts = {
+            "ranked_sets": judge.pop("n"),
+            "verifiable_prompts": follow.pop("n"),
+            "prompts": logp.pop("n"),
+            "answered_prompts": length.pop("n"),
+        }
+        out[f"{a}_vs_{b}"] = {"a": a, "b": b} | counts | judge | follow | logp | length
     return out
 
 
@@ -166,17 +188,17 @@ def _f(v, pct: bool = False, digits: int = 3) -> str:
     return f"{v + 0.0:.{digits}f}".replace("-0.000", "0.000") if isinstance(v, float) else str(v)
 
 
-def _interval(low, high, signed: bool = False, pct: bool = True) -> str:
-    """A 95 % interval of a rate (or, signed, of a difference), in percent (points), or as is with 3 decimals."""
+def _interval(low, high, signed: bool = False, pct: bool = True, digits: int = 3) -> str:
+    """A 95 % interval of a rate (or, signed, of a difference), in percent (points), or as is with `digits`."""
     if missing(low, high):
         return "–"
-    fmt = ("{:+.1f}" if signed else "{:.1f}") if pct else "{:+.3f}"
+    fmt = ("{:+.1f}" if signed else "{:.1f}") if pct else f"{{:+.{digits}f}}"
     scale = 100 if pct else 1
     return f"[{fmt.format(scale * low)}, {fmt.format(scale * high)}]"
 
 
-def _signed(v, pct: bool = True) -> str:
-    return "–" if missing(v) else (f"{100 * v:+.1f}" if pct else f"{v:+.3f}")
+def _signed(v, pct: bool = True, digits: int = 3) -> str:
+    return "–" if missing(v) else (f"{100 * v:+.1f}" if pct else f"{v:+.{digits}f}")
 
 
 def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
@@ -188,8 +210,8 @@ def _no_paired_difference(rows: list[dict], cols: list[tuple[str, str]]) -> str:
             if missing(lo, hi) or not lo <= 0 <= hi:
                 continue
             undecided.append(f"{r['comparison']} ({label})")
-            if k == "reference_logprob_diff":
-                continue  # not a rate: no ±5 points to size for
+            if k in NOT_RATES:
+                continue  # no ±5 points to size for
             unit = "ranked sets" if k.startswith("pairwise") else "verifiable prompts"
             n = r["ranked_sets"] if unit == "ranked sets" else r["verifiable_prompts"]
             spans.setdefault(unit, []).append((lo, hi, n))
@@ -549,7 +571,9 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             "(the same ranked sets or prompts resampled for both): judge pairwise accuracy on the held-out "
             "ranked sets, the program-checked instruction following above, and the mean log-probability per "
             "token (nats) of the held-out prompts' reference responses: M_{t+1} − M_t is how far DPO moved the "
-            "policy from its reference on text it never trained on.",
+            "policy from its reference on text it never trained on; and the mean length in tokens of the "
+            "answers to the held-out prompts (the paper's length per iteration; capped by "
+            "`evaluation.max_new_tokens`).",
             "",
         ]
         cols = [
@@ -557,6 +581,7 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
             ("prompt_strict_diff", "prompt strict"),
             ("instruction_strict_diff", "instruction strict"),
             ("reference_logprob_diff", "log p of references"),
+            ("response_tokens_diff", "answer tokens"),
         ]
         out.append(
             _table(
@@ -567,12 +592,13 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                         x
                         for k, _ in cols
                         for x in (
-                            _signed(r.get(k), pct=k != "reference_logprob_diff"),
+                            _signed(r.get(k), pct=k not in NOT_RATES, digits=NOT_RATES.get(k, 3)),
                             _interval(
                                 r.get(f"{k}_ci_low"),
                                 r.get(f"{k}_ci_high"),
                                 signed=True,
-                                pct=k != "reference_logprob_diff",
+                                pct=k not in NOT_RATES,
+                                digits=NOT_RATES.get(k, 3),
                             ),
                         )
                     ]

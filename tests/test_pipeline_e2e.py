@@ -177,6 +177,9 @@ def test_report_is_built_from_the_stage_outputs(project):
     assert a3["responses"] == 3 and a3["reference_prompts"] == paired["prompts"] == 5
     shift = a3["reference_logprob_mean"] - ab["reference_logprob_mean"]
     assert paired["reference_logprob_diff"] == pytest.approx(shift)
+    assert paired["answered_prompts"] == 3  # and the answers' length, on the prompts both answered
+    assert paired["response_tokens_diff"] == pytest.approx(a3["mean_tokens"] - ab["mean_tokens"])
+    assert "answer tokens Δ" in report
     assert "Paired differences" in report
     assert (d / "reports/figures/head_to_head.png").stat().st_size > 1000
     # `dvc plots show` draws the intervals as error bars, with the chance line where one applies

@@ -183,3 +183,4 @@ def matchup_metrics(name: str) -> Path:
 
 REPORTS = Path("reports")  # report.md, figures/, plots/ (CSV for `dvc plots`)
 REPORT = REPORTS / "report.md"
+COMPARISONS = REPORTS / "comparisons.json"  # the paired differences between models (srlm.report)

@@ -1019,7 +1019,7 @@ def write_report(params, out_dir: Path = artifacts.REPORTS) -> dict:
 
     c = collect(params)
     c["paired"] = paired_comparisons(params)
-    write_metrics(out_dir / "comparisons.json", c["paired"])
+    write_metrics(out_dir / artifacts.COMPARISONS.name, c["paired"])
     t = tables(c, params.judge.scoring, params.iterations)
     figs = figures(t, out_dir / "figures", params.judge.scoring)
     for name, rows in (t | interval_tables(t, params.judge.scoring)).items():
@@ -1056,9 +1056,8 @@ def _seed_groups(runs: dict) -> list[list[str]]:
 
 def compare(names: list[str], root: Path = Path(".")) -> str:
     """A Markdown table of the headline numbers of several runs side by side; where two or more runs differ
-    only in `seed`, a column with their mean ± standard deviation (run-to-run spread)."""
-    import statistics
-
+    only in `seed`, a column with their mean ± standard deviation (run-to-run spread), and the paired
+    differences between models of each run (reports/comparisons.json) with their intervals."""
     import yaml
 
     runs = {}
@@ -1068,16 +1067,39 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
         else:
             rev = _resolve(name, root)
             params, load = parse_params(yaml.safe_load(git_text(rev, "params.yaml", root))), git_loader(rev, root)
-        runs[name] = (params, tables(collect(params, load), params.judge.scoring, params.iterations))
+        paired = _optional(load, artifacts.COMPARISONS)  # stored with sorted keys: back in the report's order
+        order = [f"{a}_vs_{b}" for a, b in comparisons_of(params)]
+        paired = {k: paired[k] for k in sorted(paired, key=lambda k: order.index(k) if k in order else len(order))}
+        c = collect(params, load) | {"paired": paired}
+        runs[name] = (params, tables(c, params.judge.scoring, params.iterations))
+    return compare_table(runs)
+
+
+# The paired differences `compare` shows per run: the ones that can move at 135M (log p, length, IFEval).
+COMPARED_DIFFS = {
+    "reference_logprob_diff": "log p of references Δ",
+    "response_tokens_diff": "answer tokens Δ",
+    "instruction_strict_diff": "instruction strict Δ (points)",
+}
+
+
+def compare_table(runs: dict) -> str:
+    """`compare`'s Markdown: `runs` maps a name to (params, tables(...)) of that run."""
+    import statistics
+
+    names = list(runs)
     rows: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, float]] = {}
-    formats: dict[str, tuple[bool, int]] = {}
+    formats: dict[str, tuple[bool, int, bool]] = {}
 
-    def put(label, name, value, pct: bool = False, digits: int = 3):
-        rows.setdefault(label, {})[name] = _f(value, pct, digits) if not isinstance(value, str) else value
+    def put(label, name, value, pct: bool = False, digits: int = 3, signed: bool = False):
+        if isinstance(value, str):
+            rows.setdefault(label, {})[name] = value
+            return
+        rows.setdefault(label, {})[name] = _signed(value, pct, digits) if signed else _f(value, pct, digits)
         if isinstance(value, (int, float)) and not missing(value):
             values.setdefault(label, {})[name] = float(value)
-            formats[label] = (pct, digits)
+            formats[label] = (pct, digits, signed)
 
     for name, (params, t) in runs.items():
         sc = params.judge.scoring
@@ -1102,6 +1124,15 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
             put(f"iteration {r['iteration']}: DPO margin", name, r["dpo_margin"], digits=4)
         for r in t["models"]:
             put(f"{r['model']}: response chars", name, r["mean_chars"], digits=0)
+        for r in t.get("paired", []):
+            for k, label in COMPARED_DIFFS.items():
+                pct, digits = k not in NOT_RATES, NOT_RATES.get(k, 1)
+                v, lo, hi = r.get(k), r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
+                put(f"{r['comparison']}: {label}", name, v, pct, digits, signed=True)
+                if not missing(v, lo, hi):  # the run's own interval, and whether it excludes zero
+                    rows[f"{r['comparison']}: {label}"][name] += (
+                        " " + _interval(lo, hi, True, pct, digits) + ("" if lo <= 0 <= hi else " *")
+                    )
     header, columns = ["", *names], list(names)
     for g in _seed_groups(runs):
         col = f"mean ± sd over seeds ({', '.join(g)})"
@@ -1110,20 +1141,24 @@ def compare(names: list[str], root: Path = Path(".")) -> str:
         for label, v in values.items():
             xs = [v[n] for n in g if n in v]
             if len(xs) >= 2:
-                pct, digits = formats[label]
-                scale = 100 if pct else 1
-                rows[label][col] = f"{scale * statistics.mean(xs):.{1 if pct else digits}f} ± " + (
-                    f"{scale * statistics.stdev(xs):.{1 if pct else max(digits, 1)}f}"
-                )
+                pct, digits, signed = formats[label]
+                scale, d = (100, 1) if pct else (1, digits)
+                mean = f"{scale * statistics.mean(xs):{'+' if signed else ''}.{d}f}"
+                rows[label][col] = f"{mean} ± {scale * statistics.stdev(xs):.{max(d, 1)}f}"
     body = _table(header, [[label, *(v.get(c, "–") for c in columns)] for label, v in rows.items()])
-    note = (
-        "\n\nThe spread is the sample standard deviation over runs that differ only in `seed`: how much a "
-        "number moves from run to run with everything else fixed. A difference between methods smaller than "
-        "it is not a finding."
-        if len(header) > len(names) + 1
-        else ""
-    )
-    return f"# Runs side by side\n\n{body}{note}\n"
+    notes = []
+    if any(t.get("paired") for _, t in runs.values()):
+        notes.append(
+            "A paired difference is model a minus model b on the same held-out items, with that run's 95 % "
+            "paired-bootstrap interval; * marks an interval that excludes zero."
+        )
+    if len(header) > len(names) + 1:
+        notes.append(
+            "The spread is the sample standard deviation over runs that differ only in `seed`: how much a "
+            "number moves from run to run with everything else fixed. A difference between methods smaller than "
+            "it is not a finding."
+        )
+    return f"# Runs side by side\n\n{body}" + "".join(f"\n\n{n}" for n in notes) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

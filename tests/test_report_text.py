@@ -72,3 +72,30 @@ def test_a_judge_counts_only_above_chance_and_the_length_only_judge():
     assert _length_only_row(models)[0][:3] == ["length only (no model)", "58.0", "[54.0, 62.0]"]
     # metrics from before the baseline existed: no row, no sentence
     assert _length_only_row([{"model": "m0"}]) == [] and _beats_judge_free([{"model": "m0"}], "direct") == ""
+
+
+def test_compare_shows_each_runs_paired_differences_and_their_spread_over_seeds():
+    from srlm.config import parse_params
+    from srlm.report import compare_table
+
+    def run(seed, logp, lo, hi, tokens):
+        paired = {
+            "comparison": "m3 − m2",
+            "reference_logprob_diff": logp,
+            "reference_logprob_diff_ci_low": lo,
+            "reference_logprob_diff_ci_high": hi,
+            "response_tokens_diff": tokens,
+        }
+        return parse_params({"seed": seed}), {"models": [], "head_to_head": [], "iterations": [], "paired": [paired]}
+
+    text = compare_table({"s1": run(1, -0.018, -0.021, -0.015, -7.8), "s2": run(2, -0.010, -0.013, 0.004, 0.6)})
+    line = next(x for x in text.splitlines() if x.startswith("| m3 − m2: log p of references Δ"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # each run's difference with its own interval (* where it excludes zero), then mean ± sd over the seeds
+    assert cells[1:] == ["-0.018 [-0.021, -0.015] *", "-0.010 [-0.013, +0.004]", "-0.014 ± 0.006"]
+    tokens = next(x for x in text.splitlines() if x.startswith("| m3 − m2: answer tokens Δ"))
+    assert tokens.rstrip(" |").endswith("-3.6 ± 5.9")  # no interval given: the value alone
+    assert "* marks an interval that excludes zero" in text and "differ only in `seed`" in text
+    # a run from before the report wrote its paired differences: no such rows, no note
+    old = compare_table({"old": (parse_params({}), {"models": [], "head_to_head": [], "iterations": []})})
+    assert "log p" not in old and "paired" not in old

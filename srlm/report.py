@@ -112,6 +112,11 @@ def _mean_response_tokens(rows: list[dict]) -> dict:
 NOT_RATES = {"reference_logprob_diff": 3, "response_tokens_diff": 1}  # key -> decimals shown
 
 
+def _diff_style(key: str) -> dict:
+    """How a paired difference is shown: a rate in points, or as it is with its decimals (NOT_RATES)."""
+    return {"pct": key not in NOT_RATES, "digits": NOT_RATES.get(key, 3)}
+
+
 def paired_comparisons(params) -> dict:
     """Model a minus model b on the same held-out items, with 95 % paired-bootstrap intervals: Table 2's
     pairwise accuracy (resampling ranked sets), the IFEval accuracies, the mean log-probability of the
@@ -592,14 +597,8 @@ def render(c: dict, t: dict, params, figures: list[str]) -> str:
                         x
                         for k, _ in cols
                         for x in (
-                            _signed(r.get(k), pct=k not in NOT_RATES, digits=NOT_RATES.get(k, 3)),
-                            _interval(
-                                r.get(f"{k}_ci_low"),
-                                r.get(f"{k}_ci_high"),
-                                signed=True,
-                                pct=k not in NOT_RATES,
-                                digits=NOT_RATES.get(k, 3),
-                            ),
+                            _signed(r.get(k), **_diff_style(k)),
+                            _interval(r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high"), signed=True, **_diff_style(k)),
                         )
                     ]
                     for r in t["paired"]
@@ -1126,12 +1125,12 @@ def compare_table(runs: dict) -> str:
             put(f"{r['model']}: response chars", name, r["mean_chars"], digits=0)
         for r in t.get("paired", []):
             for k, label in COMPARED_DIFFS.items():
-                pct, digits = k not in NOT_RATES, NOT_RATES.get(k, 1)
+                style = _diff_style(k)
                 v, lo, hi = r.get(k), r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
-                put(f"{r['comparison']}: {label}", name, v, pct, digits, signed=True)
+                put(f"{r['comparison']}: {label}", name, v, **style, signed=True)
                 if not missing(v, lo, hi):  # the run's own interval, and whether it excludes zero
                     rows[f"{r['comparison']}: {label}"][name] += (
-                        " " + _interval(lo, hi, True, pct, digits) + ("" if lo <= 0 <= hi else " *")
+                        " " + _interval(lo, hi, signed=True, **style) + ("" if lo <= 0 <= hi else " *")
                     )
     header, columns = ["", *names], list(names)
     for g in _seed_groups(runs):

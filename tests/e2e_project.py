@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -62,15 +63,32 @@ def deep_update(d: dict, u: dict) -> dict:
     return d
 
 
-def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
-    """Copy the tracked project files into `dest`, make it a git+DVC repo, point it at the tiny model."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+def _git_files(*flags: str) -> list[str]:
+    return subprocess.run(
+        ["git", "ls-files", *flags], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
+
+
+@functools.cache
+def _pipeline_products() -> frozenset[str]:
+    """What `dvc repro` in the checkout wrote that git does not ignore: dvc.lock, the .gitignore files DVC writes
+    beside outputs, and the uncached outputs (metrics, the report). A test project starts without them."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        outs = {Path(o.fs_path).relative_to(ROOT) for o in repo.index.outs}
+    products = {"dvc.lock"} | {str(o.parent / ".gitignore") for o in outs}
+    for f in _git_files("--others", "--exclude-standard"):
+        if any(Path(f) == o or o in Path(f).parents for o in outs):
+            products.add(f)
+    return frozenset(products)
+
+
+def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
+    """Copy the project's files (tracked, or new and not ignored; not what a `dvc repro` in the checkout wrote)
+    into `dest`, make it a git+DVC repo, point it at the tiny model."""
+    tracked = _git_files("--cached")
+    files = tracked + [f for f in _git_files("--others", "--exclude-standard") if f not in _pipeline_products()]
     for f in files:
         src = ROOT / f
         if src.is_file() and not f.startswith("tests/"):

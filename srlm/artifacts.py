@@ -24,21 +24,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import read_jsonl, write_jsonl
+from .io import Generated, read_jsonl, write_jsonl
 
-# Record schemas: the fields a reader relies on (records may carry more).
+# Record schemas: the fields a reader relies on (records may carry more). Generated: a model's text, may be empty.
 IFT = {"id": str, "instruction": str, "response": str}
 RANKED = {"id": str, "instruction": str, "responses": list}
 GOLD = {"id": str, "instruction": str, "response": str, "judgment": str, "score": int}
 EFT = {"instruction": str, "response": str, "judgment": str}
 RESERVED = {"instruction": str, "source": str}
 PROMPT = {"id": str, "prompt": str}
-CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": str}
+CANDIDATE = {"prompt_id": str, "candidate_id": str, "prompt": str, "response": Generated}
 PAIR = {"id": str, "prompt": str, "kind": str}
-RESPONSE = {"id": str, "instruction": str, "output": str}
+RESPONSE = {"id": str, "instruction": str, "output": Generated}
 REFERENCE_LOGPROB = {"id": str, "reference_logprob": float}
 VERIFIABLE = {"id": str, "instruction": str, "instruction_id_list": list, "kwargs": list}
-FOLLOWED = {"id": str, "instruction": str, "output": str, "strict": list, "loose": list}
+FOLLOWED = {"id": str, "instruction": str, "output": Generated, "strict": list, "loose": list}
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A schema type: text a model wrote, a string that may be empty (a model can end its turn at once). Every
+# other string field must hold something. A tuple, as schemas already allow, so the type check takes it as is.
+Generated = (str,)
+
+
 def read_jsonl(
     path: str | os.PathLike, schema: dict[str, type | tuple] | None = None, allow_empty: bool = False
 ) -> list[dict]:
@@ -147,7 +152,7 @@ def read_jsonl(
                 raise DataError(
                     f"{path}:{lineno}: field {field!r} should be {_tname(typ)}, got {type(rec[field]).__name__}"
                 )
-            if isinstance(rec[field], str) and not rec[field].strip():
+            if isinstance(rec[field], str) and typ is not Generated and not rec[field].strip():
                 raise DataError(f"{path}:{lineno}: field {field!r} is empty")
         rec["_line"] = lineno
         records.append(rec)

@@ -285,6 +285,8 @@ def set_threads() -> None:
     environment, which torch reads when it is first imported, so stages without a model skip torch."""
     n = int(os.environ.get("SRLM_THREADS", "0")) or min(os.cpu_count() or 1, 16)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    # and no run-time change of it: Intel's conditions for run-to-run reproducible MKL results
+    os.environ["MKL_DYNAMIC"] = os.environ["OMP_DYNAMIC"] = "FALSE"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
 

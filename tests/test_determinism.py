@@ -27,6 +27,9 @@ def test_cpu_math_uses_a_fixed_thread_count_that_srlm_threads_overrides():
     # as stage.main does it: before torch is imported, and (a library's import) after
     assert threads(f"from srlm.modeling import set_threads; set_threads(); {SHOW}") == min(os.cpu_count(), 16)
     assert threads(f"import torch; from srlm.modeling import set_threads; set_threads(); {SHOW}", SRLM_THREADS="1") == 1
+    # nor lets OpenMP or MKL change it at run time (MKL's conditions for reproducible results)
+    show = "import os; from srlm.modeling import set_threads; set_threads(); print(int(os.environ['{}'] == 'FALSE'))"
+    assert threads(show.format("MKL_DYNAMIC"), MKL_DYNAMIC="TRUE") == threads(show.format("OMP_DYNAMIC")) == 1
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from srlm.io import DataError, atomic_dir, atomic_write_text, read_jsonl, write_json, write_jsonl
+from srlm.io import DataError, Generated, atomic_dir, atomic_write_text, read_jsonl, write_json, write_jsonl
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -50,6 +50,23 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path, content, needle):
     with pytest.raises(DataError) as e:
         read_jsonl(f, SCHEMA)
     assert needle in str(e.value)
+
+
+def test_a_model_may_answer_with_nothing_but_other_text_fields_must_hold_something(tmp_path):
+    # An empty answer is a model's output (it ended its turn at once), counted by the stages that write it;
+    # the stages that read it must take it (a default run's M3 once did, and the report refused it).
+    from srlm import artifacts
+
+    f = tmp_path / "follow.jsonl"
+    row = {"id": "v1", "instruction": "Answer in 3 words.", "output": "", "strict": [False], "loose": [False]}
+    write_jsonl(f, [row])
+    assert artifacts.Artifact(f, artifacts.FOLLOWED).read() == [row]
+    write_jsonl(f, [row | {"instruction": " "}])
+    with pytest.raises(DataError, match="field 'instruction' is empty"):
+        artifacts.Artifact(f, artifacts.FOLLOWED).read()
+    write_jsonl(f, [row | {"output": 3}])
+    with pytest.raises(DataError, match="field 'output' should be str, got int"):
+        read_jsonl(f, {"output": Generated})
 
 
 def test_roundtrip(tmp_path):

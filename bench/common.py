@@ -64,14 +64,24 @@ def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
 
 
 def train(
-    kind: str, model_dir, examples, precision: str, seq: int, work: Path, batch_size: int = 4, dropout: float = 0.0
+    kind: str,
+    model_dir,
+    examples,
+    precision: str,
+    seq: int,
+    work: Path,
+    batch_size: int = 4,
+    dropout: float = 0.0,
+    epochs: float = 1,
+    **dpo_options,
 ) -> dict:
     """The pipeline's own training call (TRL's SFTTrainer or DPOTrainer, LoRA r=16 as in params.yaml), one
-    optimizer step per batch; returns its summary plus the seconds of each step (`step_times`) and their mean
-    after the first (`step_s`)."""
+    optimizer step per batch; returns its summary plus the seconds of each step (`step_times`), their mean
+    after the first (`step_s`) and the whole call's (`wall_s`). `dpo_options`: DpoConfig fields; by default a
+    DPO step includes the reference's forward, as in the pipeline (precompute_ref_log_probs off)."""
     lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=dropout)
     common = dict(
-        epochs=1,
+        epochs=epochs,
         batch_size=batch_size,
         grad_accum=1,
         max_length=seq,
@@ -91,8 +101,10 @@ def train(
     fn, cfg = (
         (training.train_sft, SftConfig(**common, lora=lora))
         if kind == "sft"
-        else (training.train_dpo, DpoConfig(**common, lora=lora))
+        else (training.train_dpo, DpoConfig(**common, lora=lora, **dpo_options))
     )
+    start = time.perf_counter()
     with mock.patch.object(training, "HoldAfterSave", Clock):  # the trainers' per-step hook, timing here
         m = fn(model_dir, work / "out", examples, cfg, seed=derive_seed(0, kind), work_dir=work / "ckpt")
-    return m | {"step_times": times, "step_s": sum(times[1:]) / max(1, len(times) - 1)}
+    wall = time.perf_counter() - start
+    return m | {"step_times": times, "step_s": sum(times[1:]) / max(1, len(times) - 1), "wall_s": wall}

@@ -45,12 +45,11 @@ class CreamDPOTrainer(DPOTrainer):
             or a.f_divergence_type != "reverse_kl"
             or a.ld_alpha is not None
             or a.use_weighting
-            or a.precompute_ref_log_probs
             or self.aux_loss_enabled
         ):
             raise ValueError(
                 "CreamDPOTrainer supports loss_type=['sigmoid'] only, without f-divergences, ld_alpha, "
-                "use_weighting, precompute_ref_log_probs or MoE auxiliary losses"
+                "use_weighting or MoE auxiliary losses"
             )
         self.data_collator = _WithConsistency(self.data_collator)
 
@@ -64,7 +63,9 @@ class CreamDPOTrainer(DPOTrainer):
         inputs = dict(inputs)
         consistency = inputs.pop("consistency")  # TRL would pass any extra key on to the model's forward
         outputs = []  # TRL runs the policy first, then the reference (the same module with LoRA: adapter off)
-        modules = [self.accelerator.unwrap_model(model)] + ([self.ref_model] if self.ref_model is not None else [])
+        modules = [self.accelerator.unwrap_model(model)]
+        if self.ref_model is not None and not self.precompute_ref_logps:
+            modules.append(self.ref_model)
         hooks = [m.register_forward_hook(lambda _m, _args, out: outputs.append(out)) for m in modules]
         try:
             result = super()._compute_loss(model, inputs, return_outputs)
@@ -72,9 +73,12 @@ class CreamDPOTrainer(DPOTrainer):
             for h in hooks:
                 h.remove()
         seq_len = inputs["completion_mask"].size(1) - 1  # as in TRL: drops prompt-tuning virtual tokens
-        (chosen, rejected), (ref_chosen, ref_rejected) = (
-            out.log_probs[:, -seq_len:].sum(dim=1).chunk(2) for out in outputs[:2]
-        )  # batch is [chosen; rejected]
+        # batch is [chosen; rejected]
+        chosen, rejected = outputs[0].log_probs[:, -seq_len:].sum(dim=1).chunk(2)
+        if self.precompute_ref_logps:  # the reference's log-probs, computed once before training
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen, ref_rejected = outputs[1].log_probs[:, -seq_len:].sum(dim=1).chunk(2)
         consistency = consistency.to(chosen.dtype)
         loss = cream_loss((chosen - ref_chosen) - (rejected - ref_rejected), consistency, self.beta).mean()
         mode = "train" if self.model.training else "eval"

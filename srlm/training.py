@@ -439,7 +439,12 @@ def train_dpo(
         extra["consistency_mean"] = sum(e["consistency"] for e in examples) / len(examples)
         if consistency == "average":
             examples = [e | {"consistency": extra["consistency_mean"]} for e in examples]
-    args = DPOConfig(**_common_args(cfg, Path(work_dir), seed), beta=cfg.beta, loss_type=["sigmoid"])
+    args = DPOConfig(
+        **_common_args(cfg, Path(work_dir), seed),
+        beta=cfg.beta,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+    )
     # With LoRA and no ref_model, TRL uses the model with its adapter disabled as the reference,
     # i.e. M_t itself: no second copy of the weights.
     # A separate reference is frozen: held in the low precision when training runs in it.

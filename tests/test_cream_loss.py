@@ -56,7 +56,7 @@ def _pairs(n: int, c=None) -> list[dict]:
     ]
 
 
-def _trainer(cls, model_dir, tmp_path, rows, lora=False, batch_size=4):
+def _trainer(cls, model_dir, tmp_path, rows, lora=False, batch_size=4, precompute=False):
     """A trainer on the tiny model; without LoRA the reference is another random model, so the margin is not 0."""
     from datasets import Dataset
     from peft import LoraConfig as PeftLora
@@ -83,6 +83,7 @@ def _trainer(cls, model_dir, tmp_path, rows, lora=False, batch_size=4):
         save_strategy="no",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        precompute_ref_log_probs=precompute,
     )
     peft = PeftLora(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
     return cls(
@@ -157,6 +158,34 @@ def test_c_one_equals_trl_sigmoid_loss_on_a_real_batch(model_dir, tmp_path, lora
     # TRL's own metrics still come out, the same for both, and the batch's mean C is logged too.
     assert cream._metrics["train"]["rewards/margins"] == pytest.approx(plain._metrics["train"]["rewards/margins"])
     assert cream._metrics["train"]["cream/consistency"] == [1.0]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["ref-model", "lora"])
+def test_precomputed_reference_log_probs_give_the_same_loss(model_dir, tmp_path, lora):
+    """With precompute_ref_log_probs (dpo.precompute_ref_log_probs: true) the reference's log-probs come from the
+    dataset, computed once before training, instead of from a reference forward in every step: the same CREAM loss."""
+    rows = _pairs(4)
+    each_step, once = (
+        _trainer(CreamDPOTrainer, model_dir, tmp_path / str(p), rows, lora=lora, precompute=p) for p in (False, True)
+    )
+    assert "ref_chosen_logps" in once.train_dataset.column_names
+    for t in (each_step, once):
+        t.model.train()
+        torch.manual_seed(2)
+        for name, p in t.model.named_parameters():
+            if "lora_B" in name or (not lora and "q_proj" in name):  # the policy moves away from the reference
+                p.data.add_(torch.randn_like(p) * 0.2)
+    batch = _batch(once, 4)
+    assert set(batch) >= {"ref_chosen_logps", "ref_rejected_logps", "consistency"}
+    with torch.no_grad():
+        ours = once.compute_loss(once.model, batch)
+        theirs = each_step.compute_loss(each_step.model, _batch(each_step, 4))
+    assert abs(theirs.item() - math.log(2)) > 1e-3  # a real margin
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # and the precomputed values are the reference's: moving them moves the loss
+    batch["ref_chosen_logps"] = batch["ref_chosen_logps"] + 5.0
+    with torch.no_grad():
+        assert not torch.allclose(once.compute_loss(once.model, batch), ours, atol=1e-3)
 
 
 def test_at_policy_equal_reference_c_half_gives_zero_gradient(model_dir, tmp_path):

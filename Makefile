@@ -30,7 +30,7 @@ run: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
 # A smoke run at the earlier, smaller sizes (about half the time of `make run`), as a DVC experiment.
-QUICK := -S sft.max_eft_examples=12 -S gen_prompts.num_prompts=8 -S sample.max_new_tokens=80 -S evaluation.verifiable_prompts=16
+QUICK := -S sft.max_eft_examples=12 -S gen_prompts.num_prompts=8 -S sample.max_new_tokens=80 -S evaluation.verifiable_prompts=16 -S dpo.epochs=4
 quick: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run -n quick $(QUICK)
 

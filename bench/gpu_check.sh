@@ -47,37 +47,19 @@ print('python', __import__('sys').version.split()[0], '| torch', torch.__version
 
 step "1. bench/gpu_steps.py" "$PY" bench/gpu_steps.py ${STEPS_ARGS:-}
 
-# A copy of the project on the tiny model, at the test suite's small sizes (tests/e2e_project.py).
+# The test suite's project (tests/e2e_project.py): a copy on the tiny model, at small sizes.
 work=$(mktemp -d)/project
 pipeline() (  # a subshell: its cd stays in it
   "$PY" - "$work" "$BACKEND" <<'EOF' || return 1
-import shutil, subprocess, sys
+import sys
 from pathlib import Path
-import yaml
 sys.path.insert(0, "tests")
-from e2e_project import TINY_MATCHUPS, TINY_PARAMS, deep_update
+from e2e_project import make_project
 from tiny import build_tiny_model
 
 dest, backend = Path(sys.argv[1]), sys.argv[2]
-skip = shutil.ignore_patterns(".git", ".venv", ".whl", ".dvc/cache", "*.egg-info", "__pycache__", "tests", "mlruns")
-shutil.copytree(".", dest, ignore=skip)
-for d in ["data/it1", "data/it2", "data/eft", "data/eval", "data/reserved", "metrics", "reports"] + [
-    str(p.relative_to(dest)) for p in (dest / "models").iterdir() if p.is_dir()
-]:
-    shutil.rmtree(dest / d, ignore_errors=True)  # a run in the checkout: not part of the project
-for f in ("dvc.lock", "data/.gitignore", "models/.gitignore"):
-    (dest / f).unlink(missing_ok=True)
 model = build_tiny_model(dest.parent / "tiny")
-params = yaml.safe_load((dest / "params.yaml").read_text())
-deep_update(params, {"model": {"base": str(model)}} | TINY_PARAMS)
-params["evaluation"]["matchups"] = TINY_MATCHUPS
-params["generation"]["backend"] = backend
-(dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-if shutil.which("git"):
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "gpu check"]):
-        subprocess.run(["git", "-c", "user.email=g@g", "-c", "user.name=g", *cmd], cwd=dest, check=True)
-else:  # DVC without git
-    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "core.no_scm", "true"], cwd=dest, check=True)
+make_project(dest, model, {"generation": {"backend": backend}})
 print(f"project in {dest}, model {model}, generation.backend {backend}")
 EOF
   cd "$work" && "$PY" -m dvc repro pairs@1 && cat data/it1/metrics/sample.json data/it1/metrics/judge.json

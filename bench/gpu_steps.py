@@ -33,7 +33,7 @@ from common import builtin_examples, n_tokens, train  # noqa: E402
 
 from srlm.config import DpoConfig, LoraConfig, SftConfig  # noqa: E402
 from srlm.generation import TransformersGenerator, make_generator, register_fast_attention  # noqa: E402
-from srlm.modeling import load_model  # noqa: E402
+from srlm.modeling import load_model, load_tokenizer  # noqa: E402
 from srlm.sampling import SamplingParams, chat_prompt  # noqa: E402
 from srlm.training import dpo_examples, sft_examples, train_dpo, train_sft  # noqa: E402
 from tiny import build_tiny_model, build_tokenizer  # noqa: E402
@@ -151,7 +151,7 @@ def speed(work: Path) -> None:
     sync()
     print(f"  bf16 {n}^3 matmul: {2 * n**3 * 10 / (time.perf_counter() - t) / 1e12:.1f} TFLOP/s")
     model_dir = smollm2_shaped(work / "smol")
-    tok = load_model(model_dir)[1]
+    tok = load_tokenizer(model_dir)
     sft, dpo = builtin_examples(n_ift=32, n_eft=48, n_pairs=48) if not SMALL else builtin_examples(4, 4, 8)
     for kind, rows, seq in (("sft", sft, 640), ("dpo", dpo, 512)):
         tokens = n_tokens(tok, rows, seq)

@@ -84,12 +84,26 @@ def _pipeline_products() -> frozenset[str]:
     return frozenset(products)
 
 
-def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
-    """Copy the project's files (tracked, or new and not ignored; not what a `dvc repro` in the checkout wrote)
-    into `dest`, make it a git+DVC repo, point it at the tiny model."""
+# Not the project's, in a tree without git: environments, caches, wheels carried for a GPU machine.
+_NOT_PROJECT = {".venv", ".whl", "__pycache__", ".ruff_cache", ".pytest_cache", "mlruns", "srlm.egg-info"}
+DVC_LOCAL = {(".dvc", "cache"), (".dvc", "tmp")}
+
+
+def _project_files() -> list[str]:
+    """Tracked, or new and not ignored; not what a `dvc repro` in the checkout wrote. Without git (the copy of
+    a checkout that bench/gpu_check.sh gets on a GPU machine, which holds no run outputs): every file but
+    environments and caches."""
+    if not (ROOT / ".git").exists():
+        rel = (p.relative_to(ROOT) for p in ROOT.rglob("*") if p.is_file())
+        return [str(r) for r in rel if not set(r.parts) & _NOT_PROJECT and r.parts[:2] not in DVC_LOCAL]
     tracked = _git_files("--cached")
-    files = tracked + [f for f in _git_files("--others", "--exclude-standard") if f not in _pipeline_products()]
-    for f in files:
+    return tracked + [f for f in _git_files("--others", "--exclude-standard") if f not in _pipeline_products()]
+
+
+def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> Path:
+    """Copy the project's files (`_project_files`) into `dest`, make it a git+DVC repo (DVC alone where git is
+    not installed), point it at the tiny model."""
+    for f in _project_files():
         src = ROOT / f
         if src.is_file() and not f.startswith("tests/"):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +113,9 @@ def make_project(dest: Path, model_dir: Path, overrides: dict | None = None) -> 
     params["evaluation"]["matchups"] = TINY_MATCHUPS  # replaced, not merged: the shipped ones name m1
     deep_update(params, overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not shutil.which("git"):
+        subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "core.no_scm", "true"], cwd=dest, check=True)
+        return dest
     run(["git", "init", "-q"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dest)

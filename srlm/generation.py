@@ -578,9 +578,9 @@ class DecodePool:
         return ended
 
     def _remove(self, done: list[int]) -> None:
-        live, ended = self.live - len(done), set(done)
+        live = self.live - len(done)
         holes = [r for r in done if r < live]
-        movers = [r for r in range(live, self.live) if r not in ended]  # as many as holes
+        movers = [r for r in range(live, self.live) if r not in set(done)]
         if holes:
             dst, src = torch.tensor(holes, device=self.mask.device), torch.tensor(movers, device=self.mask.device)
             for layer in self.cache.layers:

@@ -582,11 +582,11 @@ class DecodePool:
         holes = [r for r in done if r < live]
         movers = [r for r in range(live, self.live) if r not in set(done)]
         if holes:
-            dst, src = torch.tensor(holes, device=self.mask.device), torch.tensor(movers, device=self.mask.device)
+            dst, src = torch.tensor(holes), torch.tensor(movers)
             for layer in self.cache.layers:
                 layer.k_store[dst], layer.v_store[dst] = layer.k_store[src], layer.v_store[src]
             for t in (self.mask, self.next, self.pos):
-                t[dst] = t[src]
+                t[dst.to(t.device)] = t[src.to(t.device)]
             for lst in (self.start, self.keys, self.streams, self.out):
                 for d, s in zip(holes, movers):
                     lst[d] = lst[s]

@@ -62,21 +62,6 @@ def test_continuous_batching_draws_what_fixed_batches_draw(tiny, temperature, mo
     assert {c.finish_reason for cs in fixed for c in cs} == {"stop", "length"}  # rows end at different steps
 
 
-def test_models_with_sliding_window_layers_decode_in_fixed_batches():
-    """The pool holds full-attention layers only; a cache with sliding-window layers (Gemma 2, Qwen2 with its
-    window on) makes `generate` take the fixed batches."""
-    from types import SimpleNamespace
-
-    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
-
-    from srlm.generation import _full_attention_only
-
-    assert _full_attention_only(SimpleNamespace(config=LlamaConfig(num_hidden_layers=2)))
-    qwen = Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=8, max_window_layers=0)
-    assert not _full_attention_only(SimpleNamespace(config=qwen))
-    assert not _full_attention_only(SimpleNamespace(config=Gemma2Config(num_hidden_layers=2)))
-
-
 def test_sample_responses_ids(tiny):
     model, tok = tiny
     gen = TransformersGenerator(model, tok, batch_size=4, progress=False)

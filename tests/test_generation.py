@@ -40,28 +40,6 @@ def test_n_samples_per_prompt_seeded_and_in_order(tiny):
     assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= 10 for x in a for c in x)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.9])
-def test_continuous_batching_draws_what_fixed_batches_draw(tiny, temperature, monkeypatch):
-    """The decode pool (rows leave when they end, waiting prompts take their place) gives each sample exactly
-    the tokens of model.generate over fixed batches, whatever the batch size: every sample has its own random
-    stream. Batch sizes 3 and 5 with n=2 make the pool admit prompts mid-decode, move rows into the holes of
-    ended ones and move its columns to the front."""
-    from srlm.generation import DecodePool
-
-    compactions = []
-    compact = DecodePool._compact
-    monkeypatch.setattr(DecodePool, "_compact", lambda self: compactions.append(self.col) or compact(self))
-    model, tok = tiny
-    prompts = _prompts(tok) + [chat_prompt(tok, "word " * i) for i in range(1, 8)]
-    sp = SamplingParams(n=2, temperature=temperature, top_p=0.9, max_new_tokens=6, seed=3)
-    fixed = TransformersGenerator(model, tok, batch_size=4, progress=False, pooled=False).generate(prompts, sp)
-    for batch_size in (3, 5, 64):
-        pooled = TransformersGenerator(model, tok, batch_size=batch_size, progress=False, pooled=True)
-        assert pooled.generate(prompts, sp) == fixed
-    assert compactions
-    assert {c.finish_reason for cs in fixed for c in cs} == {"stop", "length"}  # rows end at different steps
-
-
 def test_sample_responses_ids(tiny):
     model, tok = tiny
     gen = TransformersGenerator(model, tok, batch_size=4, progress=False)
@@ -140,13 +118,8 @@ def test_the_nucleus_sampler_draws_from_transformers_top_p_distribution(temperat
     got = got / got.sum(-1, keepdim=True)
     assert torch.equal(got > 0, expected > 0)
     assert torch.allclose(got, expected, atol=1e-6)
-    # draw inverts each row's distribution: evenly spaced uniforms give every token its probability's share
-    m = 5_000
-    u = (torch.arange(m) + 0.5) / m
-    for row in range(len(scores)):
-        drawn = sampler.draw(scores[row].expand(m, -1), u)
-        freq = torch.bincount(drawn, minlength=scores.shape[1]) / m
-        assert (freq - expected[row]).abs().max() <= 2 / m
+    drawn = sampler(None, scores).argmax(-1)  # one token per row, inside its nucleus
+    assert (expected.gather(-1, drawn[:, None]) > 0).all()
 
 
 def test_the_growing_cache_layer_holds_what_concatenation_would():

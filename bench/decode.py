@@ -1,14 +1,18 @@
-"""The sample and judge stages' generation before and after the growing KV cache, fp32 and bf16, side by side
-in one run, on the same prompts and seeds.
+"""The sample and judge stages' generation along the decode paths TransformersGenerator has had, fp32 and bf16,
+side by side in one run, on the same prompts and seeds.
 
-    python bench/decode.py [--model models/m0] [--prompts 16] [--repeats 2]
+    python bench/decode.py [--model models/m0] [--prompts 32] [--repeats 2]
 
-Rows: fp32 and bf16, each with transformers' concatenating DynamicCache (before) and with
-srlm.generation.GrowingLayer (now), both through TransformersGenerator with its prefix sharing and
-NucleusSampler. Cases: sample (16 IFT prompts, N=4, 80 new tokens, T=0.7, top_p=0.9: the 2026-12-01 default
-`sample` stage) and judge (16 judge prompts, k=3, 48 new tokens: the default `judge` stage). Prints new
-tokens/s (the faster of --repeats interleaved rounds), the speed-up over fp32 before, and whether the
-growing cache drew exactly the same tokens as the concatenating one.
+Rows, for fp32 and bf16, all through TransformersGenerator with its prefix sharing and NucleusSampler:
+- "batches, concatenating": fixed batches through model.generate, with transformers' DynamicCache (to 2026-12-01);
+- "batches": the same with srlm.generation.GrowingLayer, which appends in place (to 2026-12-07);
+- "pool": continuous batching (srlm.generation.DecodePool): an ended row leaves at once and a waiting prompt
+  takes its place (now).
+Cases: sample (IFT prompts, N=4, 128 new tokens, T=0.7, top_p=0.9: the default `sample` stage) and judge
+(judge prompts, k=3, 48 new tokens: the default `judge` stage's generation), 32 prompts each: one shard.
+Prints new tokens/s (the faster of --repeats interleaved rounds), the speed-up over fp32 "batches,
+concatenating", and whether the three paths drew exactly the same tokens (they should: every sample has its
+own random stream).
 """
 
 from __future__ import annotations
@@ -29,18 +33,18 @@ from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt
 from srlm.seed import BUILTIN_DIR, load_ift, load_ranked
 
+PATHS = {"batches, concatenating": (False, True), "batches": (False, False), "pool": (True, False)}
 SETTINGS = {
-    "fp32, before": ("float32", True),
-    "fp32, now": ("float32", False),
-    "bf16, before": ("bfloat16", True),
-    "bf16, now": ("bfloat16", False),
-}  # name -> (dtype, concatenate)
+    f"{short}, {path}": (dtype, *flags)
+    for short, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))
+    for path, flags in PATHS.items()
+}  # name -> (dtype, pooled, concatenate)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/m0")
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     set_threads()
@@ -53,7 +57,7 @@ def main():
     cases = {
         "sample": (
             [chat_prompt(tok, r["instruction"]) for r in ift],
-            SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=80, seed=1),
+            SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=128, seed=1),
         ),
         "judge": (
             [chat_prompt(tok, judge_prompt(s["instruction"], s["responses"][0]["text"])) for s in ranked],
@@ -63,9 +67,9 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {model_dir}, {args.prompts} prompts")
     best, texts = {}, {}
     for _ in range(args.repeats):
-        for name, (dtype, concatenate) in SETTINGS.items():
+        for name, (dtype, pooled, concatenate) in SETTINGS.items():
             model, _ = models[dtype]
-            gen = TransformersGenerator(model, tok, batch_size=64, progress=False)
+            gen = TransformersGenerator(model, tok, batch_size=64, progress=False, pooled=pooled)
             stock = mock.patch.object(generation, "_new_cache", lambda m, room=0: DynamicCache(config=m.config))
             with stock if concatenate else contextlib.nullcontext():
                 for case, (prompts, sp) in cases.items():
@@ -74,15 +78,21 @@ def main():
                     rate = sum(c.num_tokens for cs in out for c in cs) / (time.perf_counter() - t)
                     best[name, case] = max(rate, best.get((name, case), 0.0))
                     texts[name, case] = [c.text for cs in out for c in cs]
-    base = {case: best["fp32, before", case] for case in cases}
+    base = {case: best["fp32, batches, concatenating", case] for case in cases}
     print(f"\n| setting | {' | '.join(f'{c} tok/s | {c} speed-up' for c in cases)} |")
     print("|---" * (1 + 2 * len(cases)) + "|")
     for name in SETTINGS:
         cells = [f"{best[name, c]:.0f} | {best[name, c] / base[c]:.2f}x" for c in cases]
         print(f"| {name} | " + " | ".join(cells) + " |")
     for dtype in ("fp32", "bf16"):
-        same = all(texts[f"{dtype}, before", c] == texts[f"{dtype}, now", c] for c in cases)
-        print(f"{dtype}: the growing cache drew {'the same' if same else 'DIFFERENT'} tokens as the concatenating one")
+        for path in list(PATHS)[1:]:
+            same = sum(
+                a == b
+                for c in cases
+                for a, b in zip(texts[f"{dtype}, {path}", c], texts[f"{dtype}, {list(PATHS)[0]}", c])
+            )
+            total = sum(len(texts[f"{dtype}, {path}", c]) for c in cases)
+            print(f"{dtype}: {path!r} drew the same text as {list(PATHS)[0]!r} in {same} of {total} samples")
 
 
 if __name__ == "__main__":

@@ -48,19 +48,25 @@ def encode_prompts(tokenizer, texts: list[str], new_tokens: int, context: int | 
 
 
 class TransformersGenerator(Generator):
-    """Batched sampling with `model.generate`, organised so that no prefill is done twice.
+    """Batched sampling on a transformers model, organised so that no prefill is done twice and no step computes
+    a sequence that has ended.
 
-    - prompts are sorted by length and batched, so padding is small;
+    - decoding is continuous batching (`DecodePool`): up to `batch_size` sequences decode together, one that
+      ends leaves at once and waiting prompts take the free rows (models whose cache has sliding-window or
+      other non-full-attention layers use fixed batches through `model.generate` instead);
+    - prompts are sorted by length, so the prompts prefilled together have little padding;
     - the token prefix shared by all prompts of a call (the judge rubric, the system prompt) is
-      prefilled once and its KV cache copied into every batch;
+      prefilled once and its KV cache copied into every prefill;
     - each prompt's own suffix is prefilled once, then the cache is repeated `n` times so the
-      `n` samples of a prompt share that prefill (plain `num_return_sequences` would redo it).
+      `n` samples of a prompt share that prefill (plain `num_return_sequences` would redo it);
+    - sample j of prompt i draws from its own random stream, so the tokens do not depend on the batch.
     Padding sits between the shared prefix and each suffix; position ids follow the attention
     mask, so every row sees the positions it would see alone.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True, pooled: bool | None = None):
         self.model = model.eval()
+        self.pooled = pooled  # None: continuous batching where the model's cache allows it (DecodePool)
         self.device = next(model.parameters()).device  # inputs go where the model is (make_generator: a GPU if any)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -75,25 +81,91 @@ class TransformersGenerator(Generator):
             return []
         # Shared prefix: keep at least one token of every prompt outside it, so each row has input.
         ids, plen, prefix_cache = self._tokenize_with_prefix(prompts, params.max_new_tokens, desc)
+        # Sample j of prompt i draws from its own random stream, so a call's samples do not depend on which
+        # other sequences share its batch (nor on the batch size), as vLLM's per-request seeds.
+        streams = [
+            [torch.Generator().manual_seed(derive_seed(params.seed, "sample", i, j)) for j in range(params.n)]
+            for i in range(len(ids))
+        ]
+        sampler = NucleusSampler(params.temperature, params.top_p) if params.temperature > 0 else None
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
+        bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
+        pooled = self.pooled if self.pooled is not None else _full_attention_only(self.model)
+        run = self._generate_pooled if pooled else self._generate_batched
+        tokens = run(ids, order, plen, prefix_cache, params, sampler, streams, bar)
+        bar.close()
+        return [[_completion(self.tokenizer, t, self.eos_ids) for t in row] for row in tokens]
 
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    def _generate_batched(self, ids, order, plen, prefix_cache, params, sampler, streams, bar):
+        """Fixed batches through `model.generate` (for models with sliding-window or other non-full-attention
+        layers, which the pool does not hold): a batch's ended rows are computed until its last row ends."""
         # Fewer prompts per batch when each carries n samples, so that decode rows stay ~batch_size.
         per_batch = max(1, self.batch_size // max(1, params.n))
-        results: list[list[Completion] | None] = [None] * len(ids)
-        n_batches = math.ceil(len(order) / per_batch)
-        bar = tqdm(total=len(ids), desc=desc, unit="prompt", disable=not self.progress, file=sys.stderr)
+        tokens: list = [None] * len(ids)
         new_tokens = 0
-        for b in range(n_batches):
-            idx = order[b * per_batch : (b + 1) * per_batch]
-            torch.manual_seed(params.seed * 100_003 + b)  # same batches + seed -> same samples
-            outs = self._generate_batch([ids[i][plen:] for i in idx], ids[idx[0]][:plen], prefix_cache, params)
-            for i, comps in zip(idx, outs):
-                results[i] = comps
-                new_tokens += sum(c.num_tokens for c in comps)
+        for b in range(0, len(order), per_batch):
+            idx = order[b : b + per_batch]
+            rows = [g for i in idx for g in streams[i]]
+            outs = self._generate_batch(
+                [ids[i][plen:] for i in idx], ids[idx[0]][:plen], prefix_cache, params, sampler, rows
+            )
+            for r, i in enumerate(idx):
+                tokens[i] = outs[r * params.n : (r + 1) * params.n]
+                new_tokens += sum(len(_cut(t, self.eos_ids)) for t in tokens[i])
             bar.update(len(idx))
             bar.set_postfix(new_tokens=new_tokens)
-        bar.close()
-        return results  # type: ignore[return-value]
+        return tokens
+
+    def _generate_pooled(self, ids, order, plen, prefix_cache, params, sampler, streams, bar):
+        """Continuous batching (`DecodePool`): a sequence that ends leaves the batch at once, and waiting
+        prompts are prefilled into the free rows, so every decode step computes only live rows and keeps the
+        batch full."""
+        n = params.n
+        pool = DecodePool(
+            self.model,
+            rows=max(self.batch_size, n),
+            width=max(map(len, ids)) - 1,  # a prompt's cached tokens: all but its last, which decoding feeds
+            max_new_tokens=params.max_new_tokens,
+            device=self.device,
+        )
+        tokens: list = [[None] * n for _ in ids]
+        left = {i: n for i in range(len(ids))}
+        waiting, new_tokens = list(order), 0
+        while waiting or pool.live:
+            free = pool.rows - pool.live
+            # Admit when a quarter of the rows are free (or nothing runs): each admission is one prefill call.
+            if waiting and (free >= max(n, pool.rows // 4) or not pool.live):
+                take, waiting = waiting[: free // n], waiting[free // n :]
+                cache, mask, last = self._prefill_prompts([ids[i] for i in take], plen, prefix_cache)
+                pool.admit(
+                    cache,
+                    mask,
+                    last,
+                    n,
+                    [(i, j) for i in take for j in range(n)],
+                    [g for i in take for g in streams[i]],
+                )
+            logits = pool.step(self.model)
+            if sampler is None:
+                next_ids = logits.argmax(-1)
+            else:
+                next_ids = sampler.draw(logits, torch.stack([torch.rand((), generator=g) for g in pool.streams]))
+            for (i, j), out in pool.append(next_ids, self.eos_ids):
+                tokens[i][j] = out
+                new_tokens += len(_cut(out, self.eos_ids))
+                left[i] -= 1
+                if not left[i]:
+                    bar.update(1)
+                    bar.set_postfix(new_tokens=new_tokens)
+        return tokens
+
+    def _prefill_prompts(self, prompts, plen, prefix_cache):
+        """Prefill all but the last token of each prompt (shared prefix | padding | own tokens): the cache, its
+        attention mask, and each prompt's last token, which the first decode step feeds."""
+        input_ids, mask, cache = self._layout([x[plen:] for x in prompts], prompts[0][:plen], prefix_cache)
+        if input_ids.shape[1] - plen > 1:
+            self._prefill(input_ids, mask, cache, plen, input_ids.shape[1] - 1)
+        return cache, mask[:, :-1], input_ids[:, -1]
 
     def _layout(self, suffixes, prefix, prefix_cache):
         """[shared prefix | padding | suffix] rows, and a cache holding the prefix for each row."""
@@ -115,8 +187,9 @@ class TransformersGenerator(Generator):
         return input_ids, mask, cache
 
     def _prefill(self, input_ids, mask, cache, start: int, end: int):
+        """Fill `cache` with columns [start, end); no output layer (no position's logits are read)."""
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(
+        return self.model.get_decoder()(
             input_ids=input_ids[:, start:end],
             attention_mask=mask[:, :end],
             position_ids=pos[:, start:end],
@@ -131,7 +204,7 @@ class TransformersGenerator(Generator):
         if plen > 0:
             prefix_cache = _new_cache(self.model)
             prefix = torch.tensor([ids[0][:plen]], device=self.device)
-            self.model(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
+            self.model.get_decoder()(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
         return ids, plen, prefix_cache
 
     @torch.inference_mode()
@@ -230,8 +303,8 @@ class TransformersGenerator(Generator):
         bar.close()
         return out
 
-    def _generate_batch(self, suffixes, prefix, prefix_cache, params):
-        B, n, P = len(suffixes), params.n, len(prefix)
+    def _generate_batch(self, suffixes, prefix, prefix_cache, params, sampler, streams):
+        n, P = params.n, len(prefix)
         L = max(len(s) for s in suffixes)
         input_ids, mask, cache = self._layout(suffixes, prefix, prefix_cache)
         if L > 1:  # prefill everything but the last token once per prompt
@@ -241,29 +314,40 @@ class TransformersGenerator(Generator):
             input_ids = input_ids.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
         _set_room(cache, params.max_new_tokens)  # decode appends in place
-        # Sampling is done by NucleusSampler, which leaves one token per row for the greedy step to pick.
-        sampler = [NucleusSampler(params.temperature, params.top_p)] if params.temperature > 0 else []
+        # The sampler draws the token and leaves it the only candidate for the greedy step to pick.
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
             past_key_values=cache,
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
-            logits_processor=LogitsProcessorList(sampler),
+            logits_processor=LogitsProcessorList([_Drawn(sampler, streams)] if sampler else []),
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
         )
-        comps = [_completion(self.tokenizer, row, self.eos_ids) for row in out[:, P + L :].tolist()]
-        return [comps[r * n : (r + 1) * n] for r in range(B)]
+        return out[:, P + L :].tolist()
 
 
-class NucleusSampler(LogitsProcessor):
+class _Drawn(LogitsProcessor):
+    """`NucleusSampler.draw` inside `model.generate`, one random stream per row: scores 0 for the drawn token
+    and -inf elsewhere, for the greedy step to take."""
+
+    def __init__(self, sampler, streams):
+        self.sampler, self.streams = sampler, streams
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([torch.rand((), generator=g) for g in self.streams])
+        token = self.sampler.draw(scores, u)
+        return torch.full_like(scores, -math.inf).scatter_(-1, token[:, None], 0.0)
+
+
+class NucleusSampler:
     """Temperature and top-p (nucleus) sampling of the next token, as transformers' TemperatureLogitsWarper +
     TopPLogitsWarper + multinomial draw, without sorting and drawing over the whole vocabulary at every step
     (on a CPU those took about a third of a decode step). The nucleus is found among the `k` most likely
     tokens; a row whose top `k` hold less than `top_p` of the mass falls back to the whole vocabulary, so the
-    distribution is exactly the same. Returns scores that are 0 for the drawn token and -inf elsewhere:
-    the greedy step of `generate` then takes it."""
+    distribution is exactly the same. `draw` takes each row's uniform from the caller, who owns the random
+    streams."""
 
     def __init__(self, temperature: float, top_p: float, k: int = 512):
         self.temperature, self.top_p, self.k = temperature, top_p, k
@@ -288,19 +372,30 @@ class NucleusSampler(LogitsProcessor):
         keep[:, 0] = True
         return p * keep, idx
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def draw(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One token per row, drawn by inverting the nucleus's distribution at the row's uniform `u` in [0, 1)."""
         p, idx = self.nucleus(scores)
-        token = idx.gather(-1, torch.multinomial(p, 1))
-        return torch.full_like(scores, -math.inf).scatter_(-1, token, 0.0)
+        cum = p.cumsum(-1)
+        u = u.to(cum.device, cum.dtype)[:, None] * cum[:, -1:]
+        # The nucleus is a prefix of `idx`; the clamp keeps a u rounded up to the total inside it.
+        j = torch.searchsorted(cum, u, right=True).minimum((p > 0).sum(-1, keepdim=True) - 1)
+        return idx.gather(-1, j)[:, 0]
+
+
+def _cut(tokens: list[int], eos_ids: list[int]) -> list[int]:
+    """A generated sequence up to (not including) its first end-of-turn token."""
+    stop = next((j for j, t in enumerate(tokens) if t in eos_ids), None)
+    return tokens if stop is None else tokens[:stop]
 
 
 def _completion(tokenizer, new_tokens: list[int], eos_ids: list[int]) -> Completion:
     """The record of one generated sequence, cut at its first end-of-turn token. Both backends
     build their completions here, so the same tokens give the same record."""
-    stop = next((j for j, t in enumerate(new_tokens) if t in eos_ids), None)
-    toks = new_tokens if stop is None else new_tokens[:stop]
+    toks = _cut(new_tokens, eos_ids)
     return Completion(
-        tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), "length" if stop is None else "stop"
+        tokenizer.decode(toks, skip_special_tokens=True).strip(),
+        len(toks),
+        "stop" if len(toks) < len(new_tokens) else "length",
     )
 
 
@@ -351,6 +446,163 @@ def _set_room(cache, room: int) -> None:
     for layer in cache.layers:
         if isinstance(layer, GrowingLayer):
             layer.room = room
+
+
+def _full_attention_only(model) -> bool:
+    """Whether every layer of the model's cache is plain full attention, which is what DecodePool holds."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+class SlotLayer(DynamicLayer):
+    """One attention layer's keys and values in a DecodePool: a block of rows × columns token slots, allocated
+    at the first write. In a step the pool's live rows [0, live) write their new token at column `col` and
+    attend to columns [start, col]. The layer reports `col - start` as its length, so transformers builds
+    masks of the pool's width."""
+
+    def __init__(self, rows: int, columns: int):
+        super().__init__()
+        self.shape = (rows, columns)
+        self.k_store = self.v_store = None
+        self.live = self.start = self.col = 0
+
+    def allocate(self, like: torch.Tensor, zeros: bool = False) -> None:
+        """Empty memory, which `fill` zeroes row by row where admitted rows need it; zeros when the first
+        step allocates (rows admitted without cached columns, not filled)."""
+        if self.k_store is None:
+            self.lazy_initialization(like, like)
+            shape = (self.shape[0], like.shape[1], self.shape[1], like.shape[3])
+            make = like.new_zeros if zeros else like.new_empty
+            self.k_store, self.v_store = make(shape), make(shape)
+
+    def fill(self, rows: slice, end: int, keys, values, n: int) -> None:
+        """Rows `rows` hold `keys`/`values` (one per prompt, each repeated `n` times) right-aligned before column
+        `end`, zeros before them: columns outside a row's mask are read by attention with weight 0, and
+        0 × NaN (empty memory) would still be NaN."""
+        w = 0 if keys is None else keys.shape[-2]
+        for store, src in ((self.k_store, keys), (self.v_store, values)):
+            store[rows, :, : end - w] = 0
+            if w:
+                dst = store[rows, :, end - w : end].unflatten(0, (-1, n))
+                dst.copy_(src.unsqueeze(1).expand_as(dst))
+
+    def get_seq_length(self) -> int:
+        return self.col - self.start
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.allocate(key_states, zeros=True)
+        live, s, c = self.live, self.start, self.col
+        self.k_store[:live, :, c : c + 1] = key_states
+        self.v_store[:live, :, c : c + 1] = value_states
+        self.keys, self.values = self.k_store[:live, :, s : c + 1], self.v_store[:live, :, s : c + 1]
+        return self.keys, self.values
+
+
+class DecodePool:
+    """The rows of continuous batching. Every live row, [0, live), feeds one token per step, whose keys and
+    values go to the same column `col` of every row; a row's earlier tokens sit before it, right-aligned, and
+    the columns to their left are masked out. A row that ends is replaced by the last live row, so the live
+    rows stay contiguous and a step computes exactly them; admitted rows take the columns before `col`
+    (`col` never drops below `width`, the most an admitted row brings). When `col` reaches the last column,
+    the live columns move to the front (`_compact`), at most once every `max_new_tokens` steps."""
+
+    def __init__(self, model, rows: int, width: int, max_new_tokens: int, device):
+        self.rows, self.width, self.max_new = rows, max(width, 0), max_new_tokens
+        self.columns = self.width + 2 * max_new_tokens + 1
+        self.cache = DynamicCache(config=model.config)
+        self.cache.layers = [SlotLayer(rows, self.columns) for _ in self.cache.layers]
+        self.mask = torch.zeros(rows, self.columns, dtype=torch.long, device=device)
+        self.next = torch.zeros(rows, dtype=torch.long, device=device)  # the token each row feeds next
+        self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # and its position id
+        self.col, self.live = self.width, 0
+        # per live row: its first unmasked column, its key (prompt, sample), random stream and tokens so far
+        self.start: list[int] = []
+        self.keys: list = []
+        self.streams: list = []
+        self.out: list[list[int]] = []
+
+    def admit(self, cache, mask, last, n: int, keys: list, streams: list) -> None:
+        """Rows for prompts prefilled together (`cache` and its 2-D `mask`, `last`: each prompt's token to feed
+        next), each repeated `n` times (its samples)."""
+        m, w = mask.shape
+        new = slice(self.live, self.live + m * n)
+        c = self.col
+        for slot, src in zip(self.cache.layers, cache.layers):
+            if w:
+                slot.allocate(src.keys)
+            if slot.k_store is not None:  # else allocated, and filled, by the first step (no cached columns)
+                slot.fill(new, c, src.keys if w else None, src.values if w else None, n)
+        mask = mask.repeat_interleave(n, 0)
+        self.mask[new] = 0
+        self.mask[new, c - w : c] = mask
+        self.next[new] = last.repeat_interleave(n)
+        self.pos[new] = mask.sum(-1)
+        first = torch.where(mask.any(-1), mask.argmax(-1), w).tolist() if w else [0] * (m * n)
+        self.start += [c - w + f for f in first]
+        self.keys += keys
+        self.streams += streams
+        self.out += [[] for _ in keys]
+        self.live += m * n
+
+    @torch.inference_mode()
+    def step(self, model) -> torch.Tensor:
+        """One decode step of every live row; their next-token logits (fp32)."""
+        if self.col == self.columns:
+            self._compact()
+        live, c, start = self.live, self.col, min(self.start)
+        for layer in self.cache.layers:
+            layer.live, layer.start, layer.col = live, start, c
+        self.mask[:live, c] = 1
+        logits = model(
+            input_ids=self.next[:live, None],
+            attention_mask=self.mask[:live, start : c + 1],
+            position_ids=self.pos[:live, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        ).logits[:, -1]
+        self.col += 1
+        self.pos[:live] += 1
+        return logits.float()
+
+    def append(self, next_ids: torch.Tensor, eos_ids: list[int]) -> list[tuple]:
+        """Record each live row's new token; rows that end (an end-of-turn token, or `max_new_tokens`) leave the
+        pool. Returns (key, tokens) of each row that ended."""
+        self.next[: self.live] = next_ids
+        done = []
+        for r, t in enumerate(next_ids.tolist()):
+            self.out[r].append(t)
+            if t in eos_ids or len(self.out[r]) >= self.max_new:
+                done.append(r)
+        ended = [(self.keys[r], self.out[r]) for r in done]
+        if done:
+            self._remove(done)
+        return ended
+
+    def _remove(self, done: list[int]) -> None:
+        live, ended = self.live - len(done), set(done)
+        holes = [r for r in done if r < live]
+        movers = [r for r in range(live, self.live) if r not in ended]  # as many as holes
+        if holes:
+            dst, src = torch.tensor(holes, device=self.mask.device), torch.tensor(movers, device=self.mask.device)
+            for layer in self.cache.layers:
+                layer.k_store[dst], layer.v_store[dst] = layer.k_store[src], layer.v_store[src]
+            for t in (self.mask, self.next, self.pos):
+                t[dst] = t[src]
+            for lst in (self.start, self.keys, self.streams, self.out):
+                for d, s in zip(holes, movers):
+                    lst[d] = lst[s]
+        for lst in (self.start, self.keys, self.streams, self.out):
+            del lst[live:]
+        self.live = live
+
+    def _compact(self) -> None:
+        keep = max(self.col - min(self.start), self.width)
+        shift, live = self.col - keep, self.live
+        for layer in self.cache.layers:
+            layer.k_store[:live, :, :keep] = layer.k_store[:live, :, shift : self.col].clone()
+            layer.v_store[:live, :, :keep] = layer.v_store[:live, :, shift : self.col].clone()
+        self.mask[:live, :keep] = self.mask[:live, shift : self.col].clone()
+        self.start = [s - shift for s in self.start]
+        self.col = keep
 
 
 def _eos_ids(generation_config, tokenizer) -> list[int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -289,6 +291,24 @@ def set_threads() -> None:
     os.environ["MKL_DYNAMIC"] = os.environ["OMP_DYNAMIC"] = "FALSE"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+    claim_amx()
+
+
+def claim_amx() -> bool:
+    """Ask Linux for the AMX tile state now, at process start. The kernel grants it only on request
+    (arch_prctl ARCH_REQ_XCOMP_PERM), and refuses once any thread of the process has a signal stack too small
+    for it: threads that libraries start (tokenizers' Rust pool) size theirs before AMX is granted. oneDNN asks
+    at its first bf16 matmul and, refused, runs AVX-512 kernels instead, which round differently: two runs of
+    one stage could then compute different bits. Asked first, every process gets the same kernels. False where
+    there is no AMX (or no Linux x86-64): nothing to claim."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # syscall(SYS_arch_prctl = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18)
+        return libc.syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:

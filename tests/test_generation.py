@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
+from srlm import generation
 from srlm.generation import TransformersGenerator
 from srlm.prompts import judge_prompt
 from srlm.sampling import SamplingParams, chat_prompt, sample_responses
@@ -38,6 +41,84 @@ def test_n_samples_per_prompt_seeded_and_in_order(tiny):
     assert a == gen.generate(prompts, sp)  # same seed, same samples
     assert a != gen.generate(prompts, SamplingParams(n=3, temperature=0.9, top_p=0.95, max_new_tokens=10, seed=8))
     assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= 10 for x in a for c in x)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_continuous_batching_draws_what_fixed_batches_draw(tiny, temperature, monkeypatch):
+    """The decode pool (rows leave when they end, waiting prompts take their place) gives each sample exactly
+    the tokens of model.generate over fixed batches, whatever the batch size: every sample has its own random
+    stream. Batch sizes 3 and 5 with n=2 make the pool admit prompts mid-decode, move rows into the holes of
+    ended ones and move its columns to the front."""
+    from srlm.generation import DecodePool
+
+    compactions = []
+    compact = DecodePool._compact
+    monkeypatch.setattr(DecodePool, "_compact", lambda self: compactions.append(self.col) or compact(self))
+    model, tok = _random_model(tiny[1]), tiny[1]
+    prompts = _prompts(tok) + [chat_prompt(tok, "word " * i) for i in range(1, 8)]
+    sp = SamplingParams(n=2, temperature=temperature, top_p=0.9, max_new_tokens=16, seed=3)
+    # Rows must end at different steps, some by an end token and some at the cut. A random model (the trained
+    # tiny one answers every prompt alike) rarely writes its end token, and near-ties round differently from
+    # one CPU to another, so the end tokens and the cut are chosen from what it writes here: one more end
+    # token, the one whose first places in the answers differ most, and the cut at the latest end.
+    raw = []
+    done = generation._completion
+    monkeypatch.setattr(generation, "_completion", lambda tk, t, eos: raw.append(t) or done(tk, t, eos))
+    eos = _generator(model, tok, 4, False, None).eos_ids
+    _generator(model, tok, 4, False, eos).generate(prompts, sp)
+    answers = [generation._cut(t, eos) for t in raw]
+    stop = max({t for a in answers for t in a}, key=lambda t: len({_end(a, t) for a in answers}))
+    ends = [_end(a, stop) for a in answers]
+    assert len(set(ends)) > 1, answers
+    eos, sp = eos + [stop], dataclasses.replace(sp, max_new_tokens=max(ends))
+    fixed = _generator(model, tok, 4, False, eos).generate(prompts, sp)
+    assert {c.finish_reason for cs in fixed for c in cs} == {"stop", "length"}
+    for batch_size in (3, 5, 64):
+        assert _generator(model, tok, batch_size, True, eos).generate(prompts, sp) == fixed
+    assert compactions
+
+
+def _random_model(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _end(answer: list[int], token: int) -> int:
+    return answer.index(token) if token in answer else len(answer)
+
+
+def _generator(model, tok, batch_size: int, pooled: bool, eos_ids: list[int] | None):
+    g = TransformersGenerator(model, tok, batch_size=batch_size, progress=False, pooled=pooled)
+    if eos_ids is not None:
+        g.eos_ids = eos_ids
+    return g
+
+
+def test_models_with_sliding_window_layers_decode_in_fixed_batches():
+    """The pool holds full-attention layers only; a cache with sliding-window layers (Gemma 2, Qwen2 with its
+    window on) makes `generate` take the fixed batches."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+
+    from srlm.generation import _full_attention_only
+
+    assert _full_attention_only(SimpleNamespace(config=LlamaConfig(num_hidden_layers=2)))
+    qwen = Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    assert not _full_attention_only(SimpleNamespace(config=qwen))
+    assert not _full_attention_only(SimpleNamespace(config=Gemma2Config(num_hidden_layers=2)))
 
 
 def test_sample_responses_ids(tiny):
@@ -118,8 +199,13 @@ def test_the_nucleus_sampler_draws_from_transformers_top_p_distribution(temperat
     got = got / got.sum(-1, keepdim=True)
     assert torch.equal(got > 0, expected > 0)
     assert torch.allclose(got, expected, atol=1e-6)
-    drawn = sampler(None, scores).argmax(-1)  # one token per row, inside its nucleus
-    assert (expected.gather(-1, drawn[:, None]) > 0).all()
+    # draw inverts each row's distribution: evenly spaced uniforms give every token its probability's share
+    m = 5_000
+    u = (torch.arange(m) + 0.5) / m
+    for row in range(len(scores)):
+        drawn = sampler.draw(scores[row].expand(m, -1), u)
+        freq = torch.bincount(drawn, minlength=scores.shape[1]) / m
+        assert (freq - expected[row]).abs().max() <= 2 / m
 
 
 def test_the_growing_cache_layer_holds_what_concatenation_would():

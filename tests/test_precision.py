@@ -129,3 +129,19 @@ def test_the_fused_lm_head_projects_only_labelled_positions(tiny_model_dir, tmp_
     assert compact < full / 2  # the prompts (and padding) are no longer projected
     assert compact_loss == pytest.approx(full_loss, rel=1e-5)
     assert not trl_utils._use_triton(torch.device("cpu"))  # the switch is undone after training
+
+
+def test_a_stage_process_claims_amx_where_the_cpu_has_it():
+    """set_threads (every stage's start) asks for the AMX tile state before any library thread exists; the
+    kernel then lists it among the process's permitted features. Without AMX the request fails, and says so."""
+    import subprocess
+    import sys
+
+    import torch
+
+    show = (
+        "import ctypes; from srlm.modeling import set_threads; set_threads(); perm = ctypes.c_uint64();"
+        "ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(perm)); print(perm.value >> 18 & 1)"  # GET_XCOMP_PERM
+    )
+    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("1" if torch.cpu._is_amx_tile_supported() else "0")

@@ -27,7 +27,9 @@ def project(tmp_path_factory, tiny_model_dir):
     d = make_project(
         tmp_path_factory.mktemp("faults"),
         tiny_model_dir,
-        {"generation": {"shard_size": 2, "batch_size": 8}, "sample": {"max_new_tokens": 48}},
+        # float32 on every CPU: this file checks what resuming keeps and redoes; whether bf16 computes the same
+        # bits in every process is test_reproducibility's (two clean runs in the default dtype).
+        {"generation": {"shard_size": 2, "batch_size": 8, "dtype": "float32"}, "sample": {"max_new_tokens": 48}},
     )
     shutil.copytree(tiny_model_dir, d / "models/m1")
     shutil.copytree(tiny_model_dir, d / "models/m0")  # a dep of sample@1: the base a LoRA adapter applies to

@@ -297,10 +297,10 @@ def set_threads() -> None:
 def claim_amx() -> bool:
     """Ask Linux for the AMX tile state now, at process start. The kernel grants it only on request
     (arch_prctl ARCH_REQ_XCOMP_PERM), and refuses once any thread of the process has a signal stack too small
-    for it: threads that libraries start (tokenizers' Rust pool) size theirs before AMX is granted. oneDNN asks
-    at its first bf16 matmul and, refused, runs AVX-512 kernels instead, which round differently: two runs of
-    one stage could then compute different bits. Asked first, every process gets the same kernels. False where
-    there is no AMX (or no Linux x86-64): nothing to claim."""
+    for it, and threads that libraries start (a Rust thread pool, for one) may size theirs before it is granted.
+    oneDNN asks at its first bf16 matmul and, refused, runs AVX-512 kernels instead, which round differently:
+    two runs of one stage could then compute different bits (suspected, not confirmed, in docs/performance.md).
+    Asked first, every process gets the same kernels. False where there is no AMX (or no Linux x86-64)."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return False
     try:

@@ -79,20 +79,14 @@ def test_continuous_batching_draws_what_fixed_batches_draw(tiny, temperature, mo
 
 
 def _random_model(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The tiny Llama's shape, untrained (seeded), with its own output layer: tied to the embeddings, a random
+    model writes one token over and over, and every row would end at the same step."""
+    from transformers import LlamaForCausalLM
+
+    from tiny import tiny_config
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(tiny_config(tok, tie_word_embeddings=False)).eval()
 
 
 def _end(answer: list[int], token: int) -> int:

@@ -59,28 +59,38 @@ def build_tokenizer(out_dir: Path):
     return tok
 
 
+def tiny_config(tok, **overrides):
+    """The tiny Llama's shape, for `tok` (build_tokenizer's); `overrides`: LlamaConfig fields."""
+    from transformers import LlamaConfig
+
+    fields = (
+        dict(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        | overrides
+    )
+    return LlamaConfig(**fields)
+
+
 def build_tiny_model(out_dir: str | Path, seed: int = 0, train_steps: int = 300) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok = build_tokenizer(out_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(tiny_config(tok))
     words = "the a answer is good short clear list of ideas water sun code data yes no".split()
     prompts = [t[:120] for t in _corpus()[1:200]]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

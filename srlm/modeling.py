@@ -294,6 +294,10 @@ def set_threads() -> None:
     claim_amx()
 
 
+# Linux x86-64: syscall number of arch_prctl, its permission requests, and the AMX tile data's XSTATE component
+SYS_ARCH_PRCTL, ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1022, 0x1023, 18
+
+
 def claim_amx() -> bool:
     """Ask Linux for the AMX tile state now, at process start. The kernel grants it only on request
     (arch_prctl ARCH_REQ_XCOMP_PERM), and refuses once any thread of the process has a signal stack too small
@@ -305,8 +309,7 @@ def claim_amx() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        # syscall(SYS_arch_prctl = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18)
-        return libc.syscall(158, 0x1023, 18) == 0
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
     except (OSError, AttributeError):
         return False
 

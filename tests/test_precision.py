@@ -140,8 +140,10 @@ def test_a_stage_process_claims_amx_where_the_cpu_has_it():
     import torch
 
     show = (
-        "import ctypes; from srlm.modeling import set_threads; set_threads(); perm = ctypes.c_uint64();"
-        "ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(perm)); print(perm.value >> 18 & 1)"  # GET_XCOMP_PERM
+        "import ctypes; from srlm.modeling import SYS_ARCH_PRCTL, ARCH_GET_XCOMP_PERM, XFEATURE_XTILEDATA, set_threads;"
+        "set_threads(); perm = ctypes.c_uint64();"
+        "ctypes.CDLL(None).syscall(SYS_ARCH_PRCTL, ARCH_GET_XCOMP_PERM, ctypes.byref(perm));"
+        "print(perm.value >> XFEATURE_XTILEDATA & 1)"
     )
     out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("1" if torch.cpu._is_amx_tile_supported() else "0")

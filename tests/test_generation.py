@@ -140,6 +140,69 @@ def test_fast_attention_matches_stock_sdpa(tiny_model_dir):
     assert torch.allclose(a[enc.attention_mask.bool()], b[enc.attention_mask.bool()], atol=1e-5)
 
 
+def test_fast_attention_decode_step_matches_stock_sdpa(tiny_model_dir):
+    """A decode step (one query position over a left-padded cache) through the folded grouped-KV path gives the
+    stock path's logits."""
+    from srlm.generation import register_fast_attention
+    from srlm.modeling import load_model
+
+    stock, tok = load_model(tiny_model_dir)
+    fast, _ = load_model(tiny_model_dir, attn_implementation=register_fast_attention())
+    assert fast.config.num_attention_heads != fast.config.num_key_value_heads  # the folded path is exercised
+    tok.padding_side = "left"
+    enc = tok(["short", "a much longer prompt with many more tokens in it"], return_tensors="pt", padding=True)
+    nxt = torch.tensor([[5], [9]])
+    mask = torch.cat([enc.attention_mask, torch.ones(2, 1, dtype=torch.long)], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = []
+    with torch.inference_mode():
+        for model in (stock, fast):
+            out = model(**enc, position_ids=pos[:, :-1], use_cache=True)
+            step = model(
+                input_ids=nxt, attention_mask=mask, position_ids=pos[:, -1:], past_key_values=out.past_key_values
+            )
+            logits.append(step.logits[:, -1])
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+    assert not torch.allclose(logits[0][0], logits[0][1], atol=1e-3)  # the two rows saw different contexts
+
+
+@torch.inference_mode()
+def test_pool_reads_a_shared_prefix_once_with_the_same_logits(tiny_model_dir):
+    """Cascade attention: a DecodePool that holds the prompts' shared prefix once (rows hold only what follows
+    it) gives, step by step, the logits of a pool whose rows each hold a copy, through admissions and rows that
+    leave. Both pools are fed the same tokens."""
+    from srlm.generation import DecodePool, cascades, register_fast_attention
+    from srlm.modeling import load_model
+
+    model, tok = load_model(tiny_model_dir, attn_implementation=register_fast_attention())
+    stock, _ = load_model(tiny_model_dir)
+    assert cascades(model) and not cascades(stock)  # other attention would ignore the prefix
+    gen = TransformersGenerator(model, tok, batch_size=8, progress=False)
+    prompts = [chat_prompt(tok, judge_prompt("question " * (i + 1), "answer " * (3 * i))) for i in range(5)]
+    ids, plen, prefix_cache = gen._tokenize_with_prefix(prompts, 12, "test")
+    assert plen > 20  # the judge rubric
+    n, eos = 2, [tok.convert_tokens_to_ids("<|endoftext|>")]  # ended below by schedule, not by the model
+    kw = dict(rows=8, width=max(map(len, ids)) - 1, max_new_tokens=12, device=torch.device("cpu"))
+    copied, cascade = DecodePool(model, **kw), DecodePool(model, **kw, prefix=prefix_cache)
+    assert cascade.width == copied.width - plen
+    waiting, steps, live_at_admission = [[0, 1, 2], [3, 4]], 0, []
+    while waiting or copied.live:
+        if waiting and copied.rows - copied.live >= n * len(waiting[0]):
+            take = waiting.pop(0)
+            live_at_admission.append(copied.live)
+            cache, mask, last = gen._prefill_prompts([ids[i] for i in take], plen, prefix_cache)
+            keys = [(i, j) for i in take for j in range(n)]
+            for pool in (copied, cascade):
+                pool.admit(cache, mask, last, n, keys, [None] * len(keys))
+        a, b = copied.step(model), cascade.step(model)
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (steps, (a - b).abs().max())
+        nxt = a.argmax(-1)
+        nxt[(torch.arange(len(nxt)) + steps) % 5 == 4] = eos[0]  # rows leave at different steps; others move up
+        assert copied.append(nxt, eos) == cascade.append(nxt, eos)
+        steps += 1
+    assert live_at_admission[1] > 0  # the second prompts joined rows already decoding
+
+
 def test_next_token_probs_equal_a_plain_forward(tiny):
     model, tok = tiny
     gen = TransformersGenerator(model, tok, batch_size=4, progress=False)

@@ -74,18 +74,20 @@ def train(
     dropout: float = 0.0,
     epochs: float = 1,
     save_steps: int = 0,
+    grad_accum: int = 1,
     **dpo_options,
 ) -> dict:
     """The pipeline's own training call (TRL's SFTTrainer or DPOTrainer, LoRA r=16 as in params.yaml), one
-    optimizer step per batch; returns its summary plus the seconds of each step (`step_times`), their mean
-    after the first (`step_s`) and the whole call's (`wall_s`). `save_steps`: a Trainer checkpoint every so
-    many steps, as the stages write (0: none, the default here). `dpo_options`: DpoConfig fields; by default a
-    DPO step includes the reference's forward, as in the pipeline (precompute_ref_log_probs off)."""
+    optimizer step per `grad_accum` batches (1 by default); returns its summary plus the seconds of each step
+    (`step_times`), their mean after the first (`step_s`) and the whole call's (`wall_s`). `save_steps`: a
+    Trainer checkpoint every so many steps, as the stages write (0: none, the default here). `dpo_options`:
+    DpoConfig fields; by default a DPO step includes the reference's forward, as in the pipeline
+    (precompute_ref_log_probs off)."""
     lora = LoraConfig(enabled=True, r=16, alpha=32, dropout=dropout)
     common = dict(
         epochs=epochs,
         batch_size=batch_size,
-        grad_accum=1,
+        grad_accum=grad_accum,
         max_length=seq,
         learning_rate=2e-4,
         precision=precision,

@@ -270,6 +270,33 @@ def test_train_dpo_end_to_end(model_dir, tmp_path, monkeypatch, mode):
         assert values == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("mode", ["none", "dynamic"])
+def test_micro_batch_split_leaves_the_optimizer_step_unchanged(model_dir, tmp_path, monkeypatch, mode):
+    """4 pairs per optimizer step as 1 x 4, 2 x 2 or 4 x 1 micro-batches: each pair weighs 1/4 in every split,
+    so the trained adapter is the same up to float sums; only the padding differs (bench/dpo_batching.py)."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("SRLM_TRACKING", "off")
+    rows = _pairs(8)  # answers of very different lengths: each split pads differently
+    adapters, losses = [], []
+    for batch, accum in ((1, 4), (2, 2), (4, 1)):
+        cfg = DpoConfig(
+            epochs=1, batch_size=batch, grad_accum=accum, max_length=64, learning_rate=1e-3, precision="fp32",
+            lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0),
+        )  # fmt: skip
+        out = tmp_path / f"out{batch}"
+        work = tmp_path / f"w{batch}"
+        m = train_dpo(model_dir, out, dpo_examples(rows), cfg, seed=0, work_dir=work, consistency=mode)
+        assert m["steps"] == 2
+        adapters.append(load_file(out / "adapter_model.safetensors"))
+        losses.append(m["train_loss"])
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6) and losses[2] == pytest.approx(losses[0], abs=1e-6)
+    lora_b = [k for k in adapters[0] if "lora_B" in k]
+    assert lora_b and max(adapters[0][k].abs().max().item() for k in lora_b) > 1e-4  # training moved the adapter
+    for other in adapters[1:]:
+        assert max((adapters[0][k] - other[k]).abs().max().item() for k in adapters[0]) < 1e-6
+
+
 @pytest.mark.parametrize(
     "value, match",
     [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (float("nan"), r"\[0, 1\]"), (None, "needs a 'consistency'")],

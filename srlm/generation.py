@@ -20,6 +20,9 @@ from .config import derive_seed
 from .modeling import ModelError, context_length, load_model, load_tokenizer, merged_checkpoint, resolve_dtype
 from .sampling import Completion, Generator, SamplingParams
 
+# Logits per output-layer product in the log-probability readout (fp32: 256 MB), whatever the vocabulary.
+HEAD_CHUNK_ELEMENTS = 2**26
+
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
     first = seqs[0]
@@ -281,7 +284,8 @@ class TransformersGenerator(Generator):
             )
         decoder, weight, bias = self._fp32_head()
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        per_batch = max(1, self.batch_size // 4)  # logits of every continuation position: vocab-wide rows
+        per_batch = max(1, self.batch_size // 4)  # whole texts through the decoder
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // weight.shape[0])  # positions per output-layer product
         out: list = [None] * len(rows)
         bar = tqdm(total=len(rows), desc=desc, unit="text", disable=not self.progress, file=sys.stderr)
         for b in range(0, len(order), per_batch):
@@ -295,11 +299,14 @@ class TransformersGenerator(Generator):
             ids, mask = ids.to(self.device), mask.to(self.device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, L - K : L - 1]
-            logp = torch.log_softmax(torch.nn.functional.linear(hidden.float(), weight, bias), dim=-1)
-            target = ids[:, L - K + 1 :]
-            picked = logp.gather(-1, target[..., None])[..., 0]
-            for j, i in enumerate(idx):
-                out[i] = picked[j, K - 1 - len(c_ids[i]) :].tolist()
+            # Row j's c_j tokens are predicted at the window's last c_j positions; only those go through the layer.
+            lens = torch.tensor([len(c_ids[i]) for i in idx], device=hidden.device)
+            keep = torch.arange(K - 1, device=hidden.device)[None, :] >= (K - 1 - lens)[:, None]
+            hidden, target = hidden[keep], ids[:, L - K + 1 :][keep]  # row by row, in order
+            chunks = zip(hidden.split(chunk), target.split(chunk))
+            picked = torch.cat([_target_logprobs(h, t, weight, bias) for h, t in chunks])
+            for i, p in zip(idx, picked.split(lens.tolist())):
+                out[i] = p.tolist()
             bar.update(len(idx))
         bar.close()
         return out
@@ -381,6 +388,12 @@ class NucleusSampler:
         # The nucleus is a prefix of `idx`; the clamp keeps a u rounded up to the total inside it.
         j = torch.searchsorted(cum, u, right=True).minimum((p > 0).sum(-1, keepdim=True) - 1)
         return idx.gather(-1, j)[:, 0]
+
+
+def _target_logprobs(hidden: torch.Tensor, target: torch.Tensor, weight, bias) -> torch.Tensor:
+    """log p(target[i]) at each row hidden[i], through the output layer in fp32."""
+    logits = torch.nn.functional.linear(hidden.float(), weight, bias)
+    return torch.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0]
 
 
 def _cut(tokens: list[int], eos_ids: list[int]) -> list[int]:

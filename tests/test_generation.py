@@ -218,10 +218,14 @@ def test_next_token_probs_equal_a_plain_forward(tiny):
             assert torch.allclose(row, ref, atol=1e-5)
 
 
-def test_continuation_logprobs_equal_a_plain_forward(tiny):
+@pytest.mark.parametrize("positions_per_product", [None, 3])
+def test_continuation_logprobs_equal_a_plain_forward(tiny, monkeypatch, positions_per_product):
     """Left-padded batches of different lengths give each continuation token's log-probability as one
-    unpadded forward pass does."""
+    unpadded forward pass does, also with the output layer taken a few positions at a time."""
     model, tok = tiny
+    if positions_per_product:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        monkeypatch.setattr(generation, "HEAD_CHUNK_ELEMENTS", positions_per_product * vocab)
     gen = TransformersGenerator(model, tok, batch_size=8, progress=False)
     prompts = _prompts(tok)
     conts = ["a short one", "x", "a much longer continuation " * 4, "yes", "no no", "the end"]

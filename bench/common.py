@@ -45,13 +45,21 @@ def builtin_examples(n_ift: int, n_eft: int, n_pairs: int) -> tuple[list[dict], 
     return sft, dpo
 
 
+def sequence_lengths(tok, rows: list[dict], seq: int) -> list[tuple[int, ...]]:
+    """Per example, the tokens of each sequence it trains on, cut at `seq`: (completion,) for SFT, (chosen,
+    rejected) for a DPO pair, each with its prompt."""
+    return [
+        tuple(
+            min(seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
+            for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
+        )
+        for r in rows
+    ]
+
+
 def n_tokens(tok, rows: list[dict], seq: int) -> int:
     """Tokens the examples train on, each sequence cut at `seq` (both sequences of a DPO pair)."""
-    return sum(
-        min(seq, len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"]))
-        for r in rows
-        for k in (("completion",) if "completion" in r else ("chosen", "rejected"))
-    )
+    return sum(map(sum, sequence_lengths(tok, rows, seq)))
 
 
 def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:

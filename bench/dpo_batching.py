@@ -21,26 +21,22 @@ import random
 import tempfile
 from pathlib import Path
 
-from common import builtin_examples, model_or_default, train
+from common import builtin_examples, model_or_default, sequence_lengths, train
 from transformers import AutoTokenizer
 
 from srlm import training
 from srlm.modeling import resolve_precision, set_threads
 
+MAX_LENGTH = 512  # dpo.max_length
 SPLITS = ((2, 2), (1, 4))  # (micro-batch pairs, accumulated micro-batches): 4 pairs per optimizer step
 
 
-def padded_tokens(tok, pairs: list[dict], batch: int, seed: int, epochs: int) -> tuple[int, int]:
-    """(real, padded) tokens over `epochs` random orders: TRL's DPO collator pads the 2 x batch sequences
-    (prompt + chosen, prompt + rejected) of a micro-batch to the longest."""
-
-    def n(messages):  # as common.n_tokens counts them
-        return len(tok(tok.apply_chat_template(messages, tokenize=False))["input_ids"])
-
-    lens = [(n(p["prompt"] + p["chosen"]), n(p["prompt"] + p["rejected"])) for p in pairs]
+def padded_tokens(lens: list[tuple[int, int]], batch: int, seed: int, epochs: int) -> tuple[int, int]:
+    """(real, padded) tokens over `epochs` random orders of pairs of these (chosen, rejected) lengths: TRL's DPO
+    collator pads the 2 x batch sequences (prompt + chosen, prompt + rejected) of a micro-batch to the longest."""
     rng, real, padded = random.Random(seed), 0, 0
     for _ in range(epochs):
-        order = list(range(len(pairs)))
+        order = list(range(len(lens)))
         rng.shuffle(order)
         for i in range(0, len(order), batch):
             chunk = order[i : i + batch]
@@ -73,8 +69,8 @@ def main() -> None:
         for split in SPLITS:
             with tempfile.TemporaryDirectory() as work:
                 r = train(
-                    "dpo", model_dir, pairs, precision, 512, Path(work), batch_size=split[0], grad_accum=split[1],
-                    epochs=args.epochs,
+                    "dpo", model_dir, pairs, precision, MAX_LENGTH, Path(work),
+                    batch_size=split[0], grad_accum=split[1], epochs=args.epochs,
                 )  # fmt: skip
             if split not in best or r["wall_s"] < best[split]["wall_s"]:
                 best[split] = r
@@ -83,10 +79,11 @@ def main() -> None:
         "| first loss | last loss |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    lens = sequence_lengths(tok, pairs, MAX_LENGTH)
     for split in SPLITS:
         r = best[split]
         # Expected padding over random orders (the trainer's own order is one draw of these).
-        real, padded = padded_tokens(tok, pairs, split[0], seed=0, epochs=200)
+        real, padded = padded_tokens(lens, split[0], seed=0, epochs=200)
         print(
             f"| {split[0]} x {split[1]} | {real / 200:.0f} | {padded / 200:.0f} ({1 - real / padded:.0%}) "
             f"| {r['wall_s']:.1f} | {r['step_s']:.2f} | {best[SPLITS[0]]['wall_s'] / r['wall_s']:.2f}x | {r['steps']} "
